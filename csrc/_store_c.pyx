@@ -792,6 +792,7 @@ cdef class GpuStore:
 
     # ---- reads ----
 
+    @cython.always_allow_keywords(False)  # METH_O: the hot read path skips argument parsing
     def get(self, name):
         """The current record of one GPU; raises NotFound."""
         cdef PyObject* found

@@ -600,8 +600,8 @@ class GpuStore:
 
     # -- reads --
 
-    def get(self, name: str) -> GpuRecord:
-        """The current record of one GPU; raises NotFound."""
+    def get(self, name: str, /) -> GpuRecord:
+        """The current record of one GPU; raises NotFound. (`name` is positional-only.)"""
         rec = self._items.get(name) if type(name) is str else None
         if rec is None:
             if type(name) is not str:

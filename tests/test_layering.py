@@ -1,0 +1,59 @@
+"""Layering is enforced: the core never imports grpc, kubernetes or pynvml (STYLE §14)."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import nvsentinel
+
+PKG = pathlib.Path(nvsentinel.__file__).resolve().parent
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CORE = ["store", "fanout", "errors", "types", "_compat", "_store_py", "_fanout_py", "xid", "_xid_py", "catalog"]
+FORBIDDEN_IN_CORE = {"grpc", "kubernetes", "pynvml"}
+
+
+def imported_roots(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def core_sources() -> list[pathlib.Path]:
+    out = []
+    for name in CORE:
+        for candidate in (PKG / f"{name}.py", ROOT / "csrc" / f"{name}.pyx"):
+            if candidate.exists():
+                out.append(candidate)
+    out.extend((ROOT / "csrc").glob("_*_c.pyx"))
+    return out
+
+
+def test_core_does_not_import_transport_or_cluster_libraries():
+    """Verify store, fan-out, XID and their twins/compiled versions import no grpc, kubernetes or pynvml."""
+    sources = core_sources()
+    assert any(p.name == "_store_c.pyx" for p in sources) and any(p.name == "store.py" for p in sources)
+    for path in sources:
+        if path.suffix == ".pyx":
+            text = "\n".join(
+                line for line in path.read_text().splitlines()
+                if line.startswith(("import ", "from ")) and " cimport " not in line
+            )
+            roots = {line.split()[1].split(".")[0] for line in text.splitlines()}
+        else:
+            roots = imported_roots(path)
+        assert not roots & FORBIDDEN_IN_CORE, (path.name, roots & FORBIDDEN_IN_CORE)
+
+
+def test_package_root_import_is_cheap():
+    """Verify `import nvsentinel` alone pulls in no grpc, kubernetes or pynvml."""
+    import subprocess
+    import sys
+
+    code = "import sys, nvsentinel; print(sorted(m for m in ('grpc','kubernetes','pynvml') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
