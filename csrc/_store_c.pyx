@@ -792,7 +792,9 @@ cdef class GpuStore:
 
     # ---- reads ----
 
-    @cython.always_allow_keywords(False)  # METH_O: the hot read path skips argument parsing
+    # METH_O and a plain builtin method (no cyfunction): the hot read path skips argument parsing
+    @cython.binding(False)
+    @cython.always_allow_keywords(False)
     def get(self, name):
         """The current record of one GPU; raises NotFound."""
         cdef PyObject* found

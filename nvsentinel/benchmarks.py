@@ -24,9 +24,9 @@ Library code: no printing, no exits. `run_all` reports progress through a callba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import importlib
-import itertools
 import statistics
 import threading
 import time
@@ -52,7 +52,12 @@ __all__ = [
     "gpu_name",
     "gpu_status",
     "gpu_object",
+    "agrees",
+    "environment",
+    "impls_of",
+    "judge_targets",
     "measure",
+    "reference_of",
     "run_all",
 ]
 
@@ -128,8 +133,10 @@ def gpu_object(i: int, *, unhealthy: bool = False) -> gpu_pb2.Gpu:
     return g
 
 
-def _fleet_wire(n: int) -> list[bytes]:
-    return [gpu_object(i).SerializeToString() for i in range(n)]
+@functools.lru_cache(maxsize=4)
+def _fleet_wire(n: int) -> tuple[bytes, ...]:
+    """The first n GPUs of the fleet, serialized (built once: protobuf is not what is timed)."""
+    return tuple(gpu_object(i).SerializeToString() for i in range(n))
 
 
 # ---- implementations ------------------------------------------------------------------------
@@ -147,6 +154,17 @@ def available_impls() -> tuple[str, ...]:
     except ImportError:
         return (TWIN,)
     return IMPLS
+
+
+@functools.lru_cache(maxsize=4)
+def _stored_fleet(n: int) -> tuple[tuple[str, bytes], ...]:
+    """(name, record bytes) of the first n GPUs as the twin stores them, creation order.
+
+    Names are the store's own str objects (decoded from the Gpu bytes), as a dict keyed by the
+    stored records would hold them.
+    """
+    store = _filled_store(TWIN, _fleet_wire(n))
+    return tuple((r.name, r.data) for r in store.list()[1])
 
 
 def _filled_store(impl: str, wire: Sequence[bytes], **kwargs: Any) -> Any:
@@ -243,6 +261,7 @@ class Workload:
     probe: Callable[[], dict[str, Any]] | None = None
     unit: str = "op"
     note: str = ""
+    keep: Any = None  # objects that must live as long as the workload (idle subscribers)
 
 
 def _drive(fn: Callable[..., Any], *args: Iterable[Any]) -> None:
@@ -252,19 +271,21 @@ def _drive(fn: Callable[..., Any], *args: Iterable[Any]) -> None:
 
 def _store_get(impl: str, quick: bool) -> Workload:
     wire = _fleet_wire(FLEET)
+    # The caller's names are its own str objects, equal to the stored keys but not identical
+    # (as names decoded from a request are): every lookup compares the key bytes. Their hashes
+    # are cached, as they are for any str used twice.
     names = [gpu_name(i) for i in range(FLEET)]
     calls = names * 4
+    stored = _stored_fleet(FLEET)
     if impl == "floor":
-        twin = _filled_store(TWIN, wire)
-        table = {n: twin.get(n).data for n in names}
+        table = dict(stored)
         get: Callable[[str], Any] = table.get
         return Workload("store.get", impl, len(calls), lambda: _drive(get, calls),
                         probe=lambda: {"data": [table.get(n) for n in names]}, note="dict.get")
     if impl == "baseline":
         base = DictStore()
-        twin = _filled_store(TWIN, wire)
-        for n in names:
-            base.create(n, twin.get(n).data)
+        for name, data in stored:
+            base.create(name, data)
         get = base.get
         return Workload("store.get", impl, len(calls), lambda: _drive(get, calls),
                         probe=lambda: {"data": [base.get(n)[1] for n in names]}, note="dict + Lock")
@@ -286,19 +307,21 @@ def _store_update_status(impl: str, quick: bool) -> Workload:
         for i in range(FLEET)
     ]
     wire = _fleet_wire(FLEET)
+    # Every GPU of a full store, RV checked; the quick run updates an eighth of them per batch.
+    updated = names[: FLEET // 8] if quick else names
     if impl == "baseline":
         target: Any = DictStore()
-        for n, data in zip(names, wire):
-            target.create(n, data)
+        for i, data in enumerate(wire):
+            target.create(gpu_name(i), data)  # its own key objects, as a store has
         rvs = {n: target.get(n)[0] for n in names}
         flip = [0]
 
         def batch_base() -> int:
             upd = target.update_status
             k = flip[0] = flip[0] ^ 1
-            for n, rep in zip(names, reports):
+            for n, rep in zip(updated, reports):
                 rvs[n] = upd(n, rep[k], rvs[n])
-            return rvs[names[-1]]
+            return rvs[updated[-1]]
 
         def probe_base() -> dict[str, Any]:
             s = DictStore()
@@ -307,7 +330,7 @@ def _store_update_status(impl: str, quick: bool) -> Workload:
             out = [s.update_status(n, reports[i][i % 2], s.get(n)[0]) for i, n in enumerate(names[:64])]
             return {"rvs": out}
 
-        return Workload("store.update_status", impl, FLEET, batch_base, probe=probe_base, note="dict + Lock")
+        return Workload("store.update_status", impl, len(updated), batch_base, probe=probe_base, note="dict + Lock")
 
     store = _filled_store(impl, wire)
     rvs = {n: store.get(n).resource_version for n in names}
@@ -316,9 +339,9 @@ def _store_update_status(impl: str, quick: bool) -> Workload:
     def batch() -> int:
         upd = store.update_status
         k = flip[0] = flip[0] ^ 1
-        for n, rep in zip(names, reports):
+        for n, rep in zip(updated, reports):
             rvs[n] = upd(n, rep[k], rvs[n]).resource_version
-        return rvs[names[-1]]
+        return rvs[updated[-1]]
 
     def probe() -> dict[str, Any]:
         s = _filled_store(impl, wire[:64])
@@ -327,7 +350,7 @@ def _store_update_status(impl: str, quick: bool) -> Workload:
         return {"rvs": [r.resource_version for r in recs], "data": [r.data for r in recs],
                 "health": [r.health for r in recs], "counts": tuple(s.counts())}
 
-    return Workload("store.update_status", impl, FLEET, batch, probe=probe)
+    return Workload("store.update_status", impl, len(updated), batch, probe=probe)
 
 
 def _gpulist_items(wire: bytes) -> bytes:
@@ -338,8 +361,7 @@ def _gpulist_items(wire: bytes) -> bytes:
 def _store_list(impl: str, quick: bool) -> Workload:
     wire = _fleet_wire(FLEET)
     if impl == "floor":
-        twin = _filled_store(TWIN, wire)
-        datas = [r.data for r in twin.list()[1]]
+        datas = [data for _, data in _stored_fleet(FLEET)]
         return Workload("store.list1024", impl, 1, lambda: b"".join(datas),
                         probe=lambda: {"items": b"".join(datas)}, unit="list",
                         note='b"".join(stored bytes)')
@@ -395,9 +417,8 @@ def _store_churn(impl: str, quick: bool) -> Workload:
 
 def _events(n: int) -> list[tuple[str, str, bytes]]:
     """n (type, name, data) watch events over the fleet: a MODIFIED stream of real Gpu bytes."""
-    twin = _filled_store(TWIN, _fleet_wire(64))
-    recs = twin.list()[1]
-    return [("MODIFIED", recs[i % len(recs)].name, recs[i % len(recs)].data) for i in range(n)]
+    fleet = _stored_fleet(64)
+    return [("MODIFIED",) + fleet[i % len(fleet)] for i in range(n)]
 
 
 def _fanout(impl: str, **kwargs: Any) -> Any:
@@ -449,10 +470,8 @@ def _publish(subscribers: int) -> Callable[[str, bool], Workload]:
             return {"in_order": ok,
                     "events": [(e.type, e.resource_version, e.name, e.data) for e in got[0]]}
 
-        wl = Workload(case, impl, len(events), batch, probe=probe, unit="publish",
-                      note=f"{subscribers} idle subscriber{'s' if subscribers > 1 else ''}")
-        wl._keep = subs  # type: ignore[attr-defined]  # subscribers live as long as the workload
-        return wl
+        return Workload(case, impl, len(events), batch, probe=probe, unit="publish",
+                        note=f"{subscribers} idle subscriber{'s' if subscribers > 1 else ''}", keep=subs)
 
     return builder
 
@@ -487,10 +506,10 @@ def _delivery(impl: str, quick: bool) -> Workload:
 
     return Workload("fanout.delivery", impl, n_events * DELIVERY_SUBSCRIBERS, batch, setup=setup,
                     verify=verify, unit="delivery",
-                    note=f"{n_events} events x {DELIVERY_SUBSCRIBERS} subscribers")
+                    note=f"{n_events} events × {DELIVERY_SUBSCRIBERS} subscribers")
 
 
-#: case -> (builder(impl, quick), implementations besides c/py, the reference for vs_baseline).
+#: case -> (builder(impl, quick), the case's implementations besides c and py).
 CASES: dict[str, tuple[Callable[[str, bool], Workload], tuple[str, ...]]] = {
     "store.get": (_store_get, ("baseline", "floor")),
     "store.update_status": (_store_update_status, ("baseline",)),
@@ -561,16 +580,22 @@ def measure(workloads: Sequence[Workload], *, repeat: int = 7, min_time: float =
     gc.freeze()
     gc.disable()
     try:
-        for w in workloads:  # warm-up, calibration and the result to verify
+        samples: list[list[float]] = [[] for _ in workloads]
+        for k, w in enumerate(workloads):  # warm-up, calibration and the result to verify
             if w.setup:
                 w.setup()
             t0 = time.perf_counter()
             firsts.append(w.batch())
             dt = time.perf_counter() - t0
-            loops.append(1 if w.setup else max(1, int(min_time / max(dt, 1e-9)) + 1))
-        samples: list[list[float]] = [[] for _ in workloads]
+            if w.setup:  # a long batch on fresh state: its first run is a sample already
+                loops.append(1)
+                samples[k].append(dt * 1e9 / w.ops)
+            else:
+                loops.append(max(1, int(min_time / max(dt, 1e-9)) + 1))
         for _ in range(repeat):
             for k, w in enumerate(workloads):
+                if w.setup and len(samples[k]) >= repeat:
+                    continue
                 if w.setup:
                     w.setup()
                 batch, n = w.batch, loops[k]
@@ -642,6 +667,14 @@ def judge_targets(rows: list[Row]) -> None:
         r.met = None if value is None else target.judge(value)
 
 
+def _families(cases: Sequence[str]) -> list[list[str]]:
+    """Cases grouped by the name before "[" (publish[1], publish[16], ...), in order."""
+    out: dict[str, list[str]] = {}
+    for case in cases:
+        out.setdefault(case.split("[", 1)[0], []).append(case)
+    return list(out.values())
+
+
 def run_all(
     *,
     quick: bool = False,
@@ -655,25 +688,29 @@ def run_all(
     impls_ok = set(available_impls()) | {"baseline", "floor"}
     repeat, min_time = (3, 0.005) if quick else (7, 0.025)
     rows: list[Row] = []
-    for case in cases or list(CASES):
-        impls = [i for i in impls_of(case) if i in impls_ok]
+    for family in _families(cases or list(CASES)):
+        # The cases of one family (publish[1], [16], [256]) are timed together, samples
+        # interleaved, because a target compares them with each other.
+        plan = [(case, [i for i in impls_of(case) if i in impls_ok]) for case in family]
         if progress:
-            progress(f"{case}: {', '.join(impls)}")
-        workloads = [build(case, impl, quick=quick) for impl in impls]
-        delivery = any(w.setup for w in workloads)
-        timings, firsts = measure(workloads, repeat=(3 if not quick else 2) if delivery else repeat,
+            progress("; ".join(f"{case}: {', '.join(impls)}" for case, impls in plan))
+        workloads = [build(case, impl, quick=quick) for case, impls in plan for impl in impls]
+        long_batches = any(w.setup for w in workloads)
+        timings, firsts = measure(workloads, repeat=(2 if quick else 3) if long_batches else repeat,
                                   min_time=min_time)
-        correct: dict[str, bool] = {}
-        outcomes = {w.impl: w.probe() if w.probe else None for w in workloads}
-        twin_outcome = outcomes.get(TWIN)
-        for w, first in zip(workloads, firsts):
-            ok = w.verify(first) if w.verify else True
-            if w.probe is not None:
-                ok = ok and agrees(outcomes[w.impl], twin_outcome)
-            correct[w.impl] = bool(ok)
-        rows.extend(_rows_for(case, impls, dict(zip(impls, timings)), correct,
-                              {w.impl: w.unit for w in workloads}, {w.impl: w.note for w in workloads}))
-        del workloads, firsts
+        outcomes = {(w.case, w.impl): w.probe() if w.probe else None for w in workloads}
+        for case, impls in plan:
+            mine = [(w, t, f) for w, t, f in zip(workloads, timings, firsts) if w.case == case]
+            correct: dict[str, bool] = {}
+            for w, _, first in mine:
+                ok = w.verify(first) if w.verify else True
+                if w.probe is not None:
+                    ok = ok and agrees(outcomes[case, w.impl], outcomes.get((case, TWIN)))
+                correct[w.impl] = bool(ok)
+            rows.extend(_rows_for(case, impls, {w.impl: t for w, t, _ in mine}, correct,
+                                  {w.impl: w.unit for w, _, _ in mine},
+                                  {w.impl: w.note for w, _, _ in mine}))
+        del workloads, firsts, outcomes
         gc.collect()
     judge_targets(rows)
     return rows
@@ -688,12 +725,18 @@ def environment() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+            info = f.read()
     except OSError:
-        pass
+        info = ""
+    for line in info.splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    for line in info.splitlines():
+        if line.startswith("flags"):
+            if " hypervisor" in line:
+                cpu += " (virtual machine)"  # vCPUs: neighbours share the host; expect drift
+            break
     try:
         import Cython
 
@@ -716,6 +759,3 @@ def environment() -> dict[str, Any]:
         "impls": list(available_impls()),
     }
 
-
-# keep itertools imported for callers composing drivers (repeat/islice) with _drive
-_ = itertools
