@@ -17,7 +17,7 @@ from nvsentinel.logs import configure_logging
 logger = logging.getLogger(__name__)
 
 #: Subcommand modules under nvsentinel.commands, in --help order. Later issues append here.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "xid")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "watch")
 
 
 def _implementations() -> str:
@@ -36,19 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"nvsentinel {__version__}",
     )
+    # dests differ from the daemons' own --log-format/--log-level, which they resolve themselves
     parser.add_argument(
         "--log-format",
+        dest="global_log_format",
         choices=("plain", "full", "json"),
         default="plain",
         help="log line format (default: plain key=value)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-level", dest="global_log_level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"nvsentinel.commands.{name}")
+            module = importlib.import_module(f"nvsentinel.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"nvsentinel.commands.{name}":
+            if exc.name != f"nvsentinel.commands.{name.replace('-', '_')}":
                 raise
             continue  # a command whose issue has not landed yet
         module.register(sub)
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_format, args.log_level)
+    configure_logging(args.global_log_format, args.global_log_level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -17,6 +17,7 @@ __all__ = [
     "UNHEALTHY",
     "UNKNOWN",
     "HealthCounts",
+    "health_of",
 ]
 
 ADDED: Final = "ADDED"
@@ -39,3 +40,12 @@ class HealthCounts(NamedTuple):
     healthy: int
     unhealthy: int
     unknown: int
+
+
+def health_of(statuses: "list[str] | tuple[str, ...]") -> str:
+    """The store's health rule over condition statuses, for clients that only have the object."""
+    if "False" in statuses:
+        return UNHEALTHY
+    if not statuses or "Unknown" in statuses:
+        return UNKNOWN
+    return HEALTHY
