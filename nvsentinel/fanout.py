@@ -95,26 +95,26 @@ _hubs: "weakref.WeakKeyDictionary[Any, dict[Any, _LoopHub]]" = weakref.WeakKeyDi
 _hubs_lock = threading.Lock()
 
 
-def _loop_key() -> Any:
+def _loop_key() -> tuple[Any, Any]:
+    """(key, weak-referenceable owner or None) for the running event loop."""
     import asyncio
 
     try:
-        return asyncio.get_running_loop()  # weak-referenceable: the hub goes with the loop
+        loop = asyncio.get_running_loop()
     except RuntimeError:
-        return anyio.lowlevel.current_token()  # another backend (trio)
+        return anyio.lowlevel.current_token(), None  # another backend (trio)
+    return id(loop), loop
 
 
 def _hub(fanout: Any) -> _LoopHub:
-    key = _loop_key()
+    key, owner = _loop_key()
     with _hubs_lock:
         per_loop = _hubs.setdefault(fanout, {})
         hub = per_loop.get(key)
         if hub is None:
             hub = per_loop[key] = _LoopHub(fanout)
-            try:
-                weakref.finalize(key, _drop_hub, weakref.ref(fanout), key)
-            except TypeError:
-                pass  # key not weak-referenceable: the hub lives as long as the fan-out
+            if owner is not None:  # the hub (and its sockets) go when the loop does
+                weakref.finalize(owner, _drop_hub, weakref.ref(fanout), key)
     return hub
 
 

@@ -76,6 +76,7 @@ class GpuServicer:
         self.gate = gate
         self.metrics = metrics
         self.epoch_metadata = ((EPOCH_KEY, epoch),)
+        self.watch_counters = {t: metrics.watch_events.labels(t) for t in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")}
 
     def _require_ready(self) -> None:
         if not self.gate.ready:
@@ -131,7 +132,7 @@ class GpuServicer:
         req = _parse(gpu_pb2.WatchGpusRequest, request)
         sub = self.store.watch(since_rv=_since(req.opts))
         await context.send_initial_metadata(self.epoch_metadata)
-        events = self.metrics.watch_events
+        counters = self.watch_counters
         self.metrics.watch_streams_active.inc()
         try:
             while True:
@@ -141,7 +142,7 @@ class GpuServicer:
                     if event is None:
                         continue
                 data = event.data if event.type != "BOOKMARK" else wire.bookmark_object(event.resource_version)
-                events.labels(event.type).inc()
+                counters[event.type].inc()
                 yield wire.watch_event(event.type, data)
         except errors.Closed:
             # server shutdown: end with a status the client retries (it resumes from its last RV)

@@ -65,6 +65,14 @@ class ThreadServer:
 
         return self.call(wrapper())
 
+    @staticmethod
+    async def _cancel_leftovers() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_asyncgens()
+
     @property
     def tcp(self) -> str:
         return f"127.0.0.1:{self.server.tcp_port}"
@@ -84,6 +92,7 @@ class ThreadServer:
     def stop(self, **kwargs) -> None:
         if self.loop.is_running():
             self.call(self.server.stop(**kwargs))
+            self.call(self._cancel_leftovers())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
         self.loop.close()

@@ -222,3 +222,14 @@ def test_kill9_client_and_informer_reconnect_and_converge(sock_dir):
         informer.stop()
         client.close()
         server.close()
+
+
+def test_every_setting_is_documented():
+    """Verify docs/device-api.md lists every flag with its environment variable."""
+    import dataclasses
+    import pathlib
+
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "device-api.md").read_text()
+    for field in dataclasses.fields(DeviceApiSettings):
+        flag = "--" + field.name.replace("_", "-")
+        assert f"| `{flag}` | `DEVICE_API_{field.name.upper()}` |" in doc, flag

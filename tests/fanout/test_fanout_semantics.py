@@ -332,3 +332,20 @@ def test_lag_bound_is_exact(fo_mod, lag, evicted):
             sub.get_nowait()
     else:
         assert [e.resource_version for e in drain(sub)] == list(range(1, lag + 1))
+
+
+def test_async_wakeup_sockets_go_with_their_event_loop(fo_mod):
+    """Verify each event loop's wake-up socket is unregistered once that loop is gone (no fd leak)."""
+    import gc
+
+    fo = fo_mod.FanOut(subscribe_burst=100)
+
+    async def once():
+        sub = fo.subscribe()
+        assert await facade.next_event(sub, timeout=0.01) is None
+        sub.close()
+
+    for _ in range(5):
+        anyio.run(once)
+    gc.collect()
+    assert facade._hubs.get(fo, {}) == {}
