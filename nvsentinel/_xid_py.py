@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from nvsentinel._xid_types import (
     CLOCK_MONOTONIC,
@@ -126,6 +126,7 @@ _MONTH_NUMBER: Final = {
     )
 }
 _DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_POW10: Final[tuple[int, ...]] = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000)
 
 _Timestamp = tuple[float | None, str, str]
 _NO_TIME: Final[_Timestamp] = (None, "", "")
@@ -155,7 +156,7 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
 def _with_fraction(seconds: int, fraction: bytes | None) -> float:
     if not fraction:
         return float(seconds)
-    return seconds + int(fraction) / 10 ** len(fraction)
+    return seconds + int(fraction) / _POW10[len(fraction)]
 
 
 def _clock_ok(hour: int, minute: int, second: int) -> bool:
@@ -221,7 +222,9 @@ def _opt_int(raw: bytes | None) -> int | None:
 def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
     if isinstance(data, str):
         return data.encode("utf-8", "surrogatepass")
-    return bytes(data)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"expected bytes or str, got {type(data).__name__}")
 
 
 class _Pending:
@@ -411,21 +414,28 @@ class Decoder:
         process = "" if name_raw is None or name_raw in _UNKNOWN_NAMES else _text(name_raw)
         msg = tail[pn.end() :]
         warnings: list[str] = []
-        fields: dict[str, object] = {}
+        channel: int | None = None
+        location: Location | None = None
+        link: int | None = None
+        registers: tuple[int, ...] = ()
+        recovery_action = ""
+        recovery_code: int | None = None
+        nvlink5: NvLink5 | None = None
+        severity = ""
 
         ch = _CHANNEL.search(msg)
         if ch:
-            fields["channel"] = int(ch.group(1), 16)
+            channel = int(ch.group(1), 16)
         loc = _LOCATION.search(msg)
         if loc:
-            fields["location"] = Location(int(loc.group(1)), int(loc.group(2)), _opt_int(loc.group(3)))
+            location = Location(int(loc.group(1)), int(loc.group(2)), _opt_int(loc.group(3)))
         error_code = str(xid)
         if xid == 74:
             lk = _LINK74.search(msg)
             if lk:
-                fields["link"] = int(lk.group(1))
+                link = int(lk.group(1))
                 if lk.group(2) is not None:
-                    fields["registers"] = tuple(int(r, 16) for r in _HEX_REG.findall(lk.group(2)))
+                    registers = tuple(int(r, 16) for r in _HEX_REG.findall(lk.group(2)))
         elif xid == 154:
             to = msg.rfind(_RECOVERY_TARGET)
             if to < 0:
@@ -434,40 +444,38 @@ class Decoder:
                 region = msg[to + len(_RECOVERY_TARGET) :]
                 code = _RECOVERY_CODE.match(region)
                 if code:
-                    fields["recovery_code"] = int(code.group(1), 16)
+                    recovery_code = int(code.group(1), 16)
                 left = region.find(b"(")
                 right = region.find(b")", left + 1) if left >= 0 else -1
                 name = region[left + 1 : right].strip() if right >= 0 else b""
                 if name:
-                    fields["recovery_action"] = _text(name)
+                    recovery_action = _text(name)
                 else:
                     warnings.append(WARN_154_NO_NAME)
         elif xid in _NVLINK5_XIDS:
             nv = _NVL5.match(msg)
             if nv:
                 severity = nv.group(2).lower().decode()
-                regs = (int(nv.group(6), 16), int(nv.group(7), 16)) + tuple(
+                registers = (int(nv.group(6), 16), int(nv.group(7), 16)) + tuple(
                     int(r, 16) for r in _HEX_REG.findall(nv.group(8))
                 )
                 link = int(nv.group(5))
-                fields["nvlink5"] = NvLink5(
+                nvlink5 = NvLink5(
                     subcode=nv.group(1).decode(),
                     severity=severity,
                     containment=nv.group(3).decode(),
                     injected=nv.group(4) != b"i0",
                     link=link,
-                    intr_info=regs[0],
-                    error_status=regs[1],
+                    intr_info=registers[0],
+                    error_status=registers[1],
                 )
-                fields["link"] = link
-                fields["registers"] = regs
-                fields["severity"] = severity
                 error_code = f"{xid}.{nv.group(1).decode()}"
         return self._event(
             KIND_XID, error_code, xid, _pci(m, 1), line, m.start(), truncated,
-            pid=pid, process=process, message=_text(msg),
-            gpu_instance=_opt_int(m.group(4)), compute_instance=_opt_int(m.group(5)),
-            warnings=warnings, **fields,
+            pid=pid, process=process, channel=channel, message=_text(msg),
+            gpu_instance=_opt_int(m.group(4)), compute_instance=_opt_int(m.group(5)), location=location,
+            link=link, registers=registers, recovery_action=recovery_action, recovery_code=recovery_code,
+            nvlink5=nvlink5, severity=severity, warnings=warnings,
         )
 
     def _sxid(self, line: bytes, m: re.Match[bytes], truncated: bool) -> XidEvent:
@@ -503,7 +511,7 @@ class Decoder:
     # ---- event assembly ----
     def _event(
         self, kind: str, error_code: str, xid: int | None, pci: str, line: bytes, start: int,
-        truncated: bool, **fields: object,
+        truncated: bool, **fields: Any,
     ) -> XidEvent:
         return self._build(kind, error_code, xid, pci, _timestamp(line[:start]), line, truncated, **fields)
 

@@ -20,12 +20,6 @@ logger = logging.getLogger(__name__)
 COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "watch")
 
 
-def _implementations() -> str:
-    from nvsentinel import fanout, store
-
-    return f"store={store.IMPLEMENTATION} fanout={fanout.IMPLEMENTATION}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nvsentinel",
