@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nvsentinel import types as _t
+from nvsentinel._pbwire import varint
 from nvsentinel._fanout_py import FanOut, Subscription, WatchEvent
 from nvsentinel.errors import Conflict, InvalidObject, LimitExceeded, NotFound
 
@@ -149,14 +150,7 @@ def _utf8(buf: bytes, start: int, end: int, what: str) -> bytes:
     return raw
 
 
-def _key(n: int) -> bytes:
-    """Encode an unsigned varint (used for tags, lengths and the RV)."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_key = varint  # tags, lengths and the RV
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:

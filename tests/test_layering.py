@@ -8,7 +8,7 @@ import nvsentinel
 
 PKG = pathlib.Path(nvsentinel.__file__).resolve().parent
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CORE = ["store", "fanout", "errors", "types", "_compat", "_store_py", "_fanout_py", "xid", "_xid_py", "catalog"]
+CORE = ["store", "fanout", "errors", "types", "_compat", "_store_py", "_fanout_py", "_pbwire", "xid", "_xid_py", "catalog"]
 FORBIDDEN_IN_CORE = {"grpc", "kubernetes", "pynvml"}
 
 

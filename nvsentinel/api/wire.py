@@ -2,19 +2,9 @@
 (serialize once, send many) instead of parsing and re-serializing them through protobuf."""
 from __future__ import annotations
 
+from nvsentinel._pbwire import length_delimited, varint
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def length_delimited(field: int, payload: bytes) -> bytes:
-    """One length-delimited field (a sub-message or string) of an outer message."""
-    return bytes(((field << 3) | 2,)) + varint(len(payload)) + payload
+__all__ = ["varint", "length_delimited", "gpu_response", "create_response", "watch_event", "bookmark_object"]
 
 
 def gpu_response(gpu: bytes) -> bytes:
