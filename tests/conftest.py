@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import threading
 from types import ModuleType
 
 import pytest
+
+# Child Pythons (`python -m nvsentinel ...` in tests) must import the installed package, never the
+# source tree in the working directory, which has no compiled modules in a non-editable install.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
