@@ -5,6 +5,8 @@
     bench/report.py RUN.json --groups store. fanout.
     bench/report.py --groups store. fanout. --update bench/RESULTS.md
 
+    bench/report.py --groups api. --format api --section api --update bench/RESULTS.md
+
 `--update` rewrites only the text between the `<!-- report:<name>:begin -->` and
 `<!-- report:<name>:end -->` markers of that file (name: `--section`, default "core"), so hand-written
 sections around it (the XID decoder's, the notes) stay as they are.
@@ -13,6 +15,12 @@ Per group (one case) and implementation: median time per operation (round median
 `ops` in extra_info), operations per second, ratio against the twin (twin time / this time: > 1 is
 faster), ratio against the case's baseline or floor (this time / reference time), and the SPEC §9
 target the suites attached in extra_info["target"], judged here. Standalone: reads JSON only.
+
+`--format api` (the Device API suite, bench/test_bench_api.py) adds the p99 per call and the
+interleaved ratio to the timed cases (a target against a reference row is judged on the
+interleaved ratio when there is one), and renders the one-run cases (watch latency, RSS: their
+numbers are in extra_info["result"], not in the timing) as a second table. Those one-run cases
+never appear in the default format's ratio table.
 """
 from __future__ import annotations
 
@@ -62,6 +70,8 @@ def load_rows(doc: dict[str, Any], groups: list[str] | None) -> list[dict[str, A
         case = bench.get("group") or info.get("case") or bench["name"]
         if groups and not any(case.startswith(g) for g in groups):
             continue
+        if "result" in info:
+            continue  # a one-run measurement (api format), not a timing
         ops = info.get("ops") or 1
         median = bench["stats"]["median"] / ops * 1e9
         rows.append({
@@ -198,6 +208,92 @@ def update(path: pathlib.Path, section: str, text: str) -> None:
     path.write_text(pattern.sub(lambda _: f"{begin}\n{text}{end}", doc), encoding="utf-8")
 
 
+# ---- the Device API format ------------------------------------------------------------------------
+
+
+def measure_rows(doc: dict[str, Any], groups: list[str] | None) -> list[dict[str, Any]]:
+    """The one-run cases (extra_info["result"]), in run order."""
+    out = []
+    for bench in doc["benchmarks"]:
+        info = bench.get("extra_info", {})
+        case = bench.get("group") or info.get("case") or bench["name"]
+        if "result" not in info or (groups and not any(case.startswith(g) for g in groups)):
+            continue
+        out.append({"case": case, **info})
+    return out
+
+
+def api_markdown(doc: dict[str, Any], rows: list[dict[str, Any]], measures: list[dict[str, Any]]) -> str:
+    """Timed cases with p99 and the interleaved ratio, then the one-run cases."""
+    out = facts(doc)
+    infos = {(b.get("group"), b.get("extra_info", {}).get("impl")): b.get("extra_info", {}) for b in doc["benchmarks"]}
+    versions = sorted({i.get("grpcio") for i in infos.values() if i.get("grpcio")})
+    loads = [i.get("load") for i in infos.values() if i.get("load")]
+    cpus = sorted({",".join(map(str, c)) if isinstance(c, list) else str(c)
+                   for i in infos.values() if (c := i.get("server_cpus")) is not None})
+    if versions:
+        out.append(f"- grpcio {', '.join(versions)}; server subprocess on CPU {', '.join(cpus)}; "
+                   f"load average (1/5/15 min) at the start of the first and last case: {loads[0]} … {loads[-1]} "
+                   "(the bench's own server and client processes count)")
+    run_order = {(b.get("group"), b.get("extra_info", {}).get("impl")): k for k, b in enumerate(doc["benchmarks"])}
+    first = {}
+    for r in rows:
+        first.setdefault(r["case"], run_order.get((r["case"], r["impl"]), 0))
+    rows = sorted(rows, key=lambda r: (first[r["case"]], run_order.get((r["case"], r["impl"]), 0)))
+    if rows:
+        out += [
+            "",
+            "| case | impl | median / op | p99 / op | ops/s | vs reference | interleaved | target | measured | met | correct |",
+            "|---|---|--:|--:|--:|--:|--:|---|--:|---|---|",
+        ]
+        last = None
+        for r in rows:
+            info = infos.get((r["case"], r["impl"]), {})
+            inter = info.get("interleaved") or {}
+            ratio = inter.get("ratio")
+            if ratio and r["target"] and r["target"].get("kind") == "vs_baseline":
+                # judged on the interleaved ratio: sequential groups drift apart on a shared VM
+                r["measured"], r["met"] = ratio, ratio <= r["target"]["value"]
+            label = f"`{r['case']}`" if r["case"] != last else ""
+            impl = r["impl"] + (f" ({r['note']})" if r["note"] else "")
+            p99 = info.get("p99_ns")
+            t = r["target"]
+            vs_ref = r["vs_ref"]
+            out.append(
+                f"| {label} | {impl} | {_ns(r['ns'])} | {_ns(p99) if p99 else ''} | {r['ops_per_s']:,.0f} | "
+                f"{_x(vs_ref) + ' ' + r['reference'] if vs_ref else ''} | {_x(ratio) if ratio else ''} | "
+                f"{t['text'] if t else ''} | {_x(r['measured']) if t else ''} | "
+                f"{'' if r['met'] is None else ('yes' if r['met'] else '**missed**')} | "
+                f"{'' if r['correct'] is None else ('yes' if r['correct'] else '**WRONG**')} |"
+            )
+            last = r["case"]
+        units = sorted({f"{r['case']}: one {r['unit']}" for r in rows if r["unit"] != "op"})
+        out += ["", "Operation per case: " + "; ".join(units) + ". *vs reference*: this median / the named "
+                "row's median (sequential groups); *interleaved*: the same ratio from calls alternated one by one, "
+                "which is what *measured* and *met* use when a case has it."]
+    if measures:
+        out += [
+            "",
+            "| case | configuration | result | target | measured | met | correct |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in measures:
+            t = m.get("target") or {}
+            met = m.get("met")
+            out.append(
+                f"| `{m['case']}` | {m.get('configuration', '')} | {m['result']} | {t.get('text', '')} | "
+                f"{m.get('measured', '')} | {'' if met is None else ('yes' if met else '**missed**')} | "
+                f"{'' if m.get('correct') is None else ('yes' if m['correct'] else '**WRONG**')} |"
+            )
+    for r in rows:
+        if r["met"] is False:
+            out += ["", f"**Missed:** `{r['case']}` [{r['impl']}] measured {_x(r['measured'])}, target {r['target']['text']}."]
+    for m in measures:
+        if m.get("met") is False:
+            out += ["", f"**Missed:** `{m['case']}`: {m.get('measured', '')}; target {m['target']['text']}."]
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", nargs="?", type=pathlib.Path, help="saved run JSON (default: newest under --storage)")
@@ -205,20 +301,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", nargs="*", help="only groups starting with these prefixes")
     parser.add_argument("--update", type=pathlib.Path, help="rewrite the marked block of this file")
     parser.add_argument("--section", default="core", help="marker name of the block (default: core)")
+    parser.add_argument("--format", choices=("ratios", "api"), default="ratios",
+                        help="ratios (default): the ratio table; api: p99, interleaved ratios and one-run cases")
     args = parser.parse_args(argv)
     path = args.run or newest_run(args.storage)
     doc = json.loads(path.read_text(encoding="utf-8"))
     rows = load_rows(doc, args.groups)
-    if not rows:
+    measures = measure_rows(doc, args.groups) if args.format == "api" else []
+    if not rows and not measures:
         raise SystemExit(f"{path}: no benchmarks" + (f" in groups {args.groups}" if args.groups else ""))
     judge(rows)
-    text = markdown(doc, rows)
+    text = api_markdown(doc, rows, measures) if args.format == "api" else markdown(doc, rows)
     if args.update:
         update(args.update, args.section, text)
         print(f"{args.update}: {args.section} tables rewritten from {path}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 1 if any(r["correct"] is False for r in rows) else 0
+    return 1 if any(r["correct"] is False for r in [*rows, *measures]) else 0
 
 
 if __name__ == "__main__":
