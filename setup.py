@@ -2,6 +2,12 @@
 
 NVSENTINEL_NO_EXTENSIONS=1 builds a pure-Python package (the twins); otherwise a compile error
 fails the build (no silent fallback, STYLE §4). NVSENTINEL_DEBUG_BUILD=1 gives a debug build.
+
+The fake libnvidia-ml (csrc/fake_nvml/, docs/fake-nvml.md) is a plain C shared library, not a Python
+extension; build_ext compiles it into nvsentinel/_fake_nvml/ on Linux. NVSENTINEL_NO_EXTENSIONS does
+not turn it off: it stands in for the NVIDIA driver, it has no pure-Python twin, and the pure-Python
+test run needs it as much as the compiled one. NVSENTINEL_NO_FAKE_NVML=1 leaves it out (a build
+without a C compiler sets both).
 """
 from __future__ import annotations
 
@@ -13,7 +19,9 @@ import sys
 import tempfile
 
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
 
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO_ROOT = HERE / "protos"
@@ -23,6 +31,13 @@ MIN_CYTHON = (3, 1)
 
 NO_EXTENSIONS = bool(os.environ.get("NVSENTINEL_NO_EXTENSIONS"))
 DEBUG_BUILD = bool(os.environ.get("NVSENTINEL_DEBUG_BUILD"))
+# pynvml loads "libnvidia-ml.so.1" only on Linux; the fake has nothing to stand in for elsewhere
+FAKE_NVML = sys.platform.startswith("linux") and not os.environ.get("NVSENTINEL_NO_FAKE_NVML")
+FAKE_NVML_DIR = "csrc/fake_nvml"
+# Not named libnvidia-ml.so.1 on purpose: a directory on LD_LIBRARY_PATH can never pick it up by
+# accident; nvsentinel.fake_nvml.load() preloads it by path and the SONAME does the rest (SPEC §5).
+FAKE_NVML_FILE = ("nvsentinel", "_fake_nvml", "libnvidia-ml-fake.so")
+FAKE_NVML_SONAME = "libnvidia-ml.so.1"
 
 
 def generate_protos() -> None:
@@ -63,6 +78,80 @@ class BuildPyWithProtos(build_py):
     def run(self) -> None:
         generate_protos()
         super().run()
+
+
+class BuildExtWithFakeNvml(build_ext):
+    """build_ext that also links csrc/fake_nvml/*.c into the fake libnvidia-ml (plain shared library)."""
+
+    def run(self) -> None:
+        if NO_EXTENSIONS:
+            # BinaryDistribution sends even a pure build to the platform build dir, where an earlier
+            # compiled build may have left the Cython modules; a pure build must not ship them.
+            for stale in pathlib.Path(self.build_lib, "nvsentinel").glob("_*_c.*.so"):
+                stale.unlink()
+        super().run()
+        if FAKE_NVML:
+            self.build_fake_nvml()
+
+    def _fake_nvml_paths(self) -> tuple[str, str]:
+        built = os.path.join(self.build_lib, *FAKE_NVML_FILE)
+        package_dir = self.get_finalized_command("build_py").get_package_dir("nvsentinel")
+        return built, os.path.join(package_dir, *FAKE_NVML_FILE[1:])
+
+    def build_fake_nvml(self) -> None:
+        # setuptools provides distutils; build_ext's own compiler only exists when there are
+        # extensions, so make one the same way (same CC, CFLAGS and LDSHARED as the extensions).
+        from distutils.ccompiler import new_compiler
+        from distutils.sysconfig import customize_compiler
+
+        compiler = new_compiler(
+            compiler=self.compiler if isinstance(self.compiler, str) else None,
+            verbose=self.verbose,
+            force=self.force,
+        )
+        customize_compiler(compiler)
+        sources = sorted(f"{FAKE_NVML_DIR}/{p.name}" for p in (HERE / FAKE_NVML_DIR).glob("*.c"))
+        headers = sorted(f"{FAKE_NVML_DIR}/{p.name}" for p in (HERE / FAKE_NVML_DIR).glob("*.h"))
+        cflags = ["-O0", "-g3"] if DEBUG_BUILD else ["-O2"]
+        cflags += ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-fPIC", "-fvisibility=hidden", "-pthread"]
+        objects = compiler.compile(
+            sources,
+            output_dir=os.path.join(self.build_temp, "fake_nvml"),
+            extra_postargs=cflags,
+            depends=headers,
+        )
+        built, inplace = self._fake_nvml_paths()
+        os.makedirs(os.path.dirname(built), exist_ok=True)
+        compiler.link_shared_object(
+            objects,
+            built,
+            extra_postargs=["-pthread", f"-Wl,-soname,{FAKE_NVML_SONAME}", "-Wl,--no-undefined"],
+            target_lang="c",
+        )
+        if self.inplace:
+            os.makedirs(os.path.dirname(inplace), exist_ok=True)
+            self.copy_file(built, inplace, level=self.verbose)
+
+    def get_outputs(self) -> list[str]:
+        outputs = super().get_outputs()  # in place, these are the keys of get_output_mapping()
+        if FAKE_NVML and not self.inplace:
+            outputs.append(self._fake_nvml_paths()[0])
+        return outputs
+
+    def get_output_mapping(self) -> dict[str, str]:
+        mapping = super().get_output_mapping()
+        if FAKE_NVML and self.inplace:
+            built, inplace = self._fake_nvml_paths()
+            mapping[built] = inplace
+        return mapping
+
+
+class BinaryDistribution(Distribution):
+    """The package carries the fake NVML's native library even when the Cython extensions are off,
+    so build_ext must run and the wheel is platform-specific."""
+
+    def has_ext_modules(self) -> bool:
+        return FAKE_NVML or super().has_ext_modules()
 
 
 def extensions() -> list[Extension]:
@@ -113,5 +202,6 @@ setup(
     + [f"nvsentinel.daemons.{p}" for p in find_packages("daemons")],
     package_dir={"nvsentinel.daemons": "daemons"},
     ext_modules=extensions(),
-    cmdclass={"build_py": BuildPyWithProtos},
+    cmdclass={"build_py": BuildPyWithProtos, "build_ext": BuildExtWithFakeNvml},
+    distclass=BinaryDistribution,
 )
