@@ -31,6 +31,8 @@ import re
 import sys
 from typing import Any
 
+from nvsentinel.benchmarks import format_ns, format_ratio
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMPL_ORDER = ("c", "py", "baseline", "floor")
 #: Groups with these prefixes come first, in this order; the rest follow in run order.
@@ -126,16 +128,8 @@ def judge(rows: list[dict[str, Any]]) -> None:
             r["met"] = measured >= value if kind == "vs_twin" else measured <= value
 
 
-def _ns(v: float) -> str:
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} ms"
-    if v >= 1e3:
-        return f"{v / 1e3:.2f} µs"
-    return f"{v:.1f} ns"
-
-
-def _x(v: float | None) -> str:
-    return "" if v is None else f"{v:.2f}×"
+_ns = format_ns
+_x = format_ratio
 
 
 def facts(doc: dict[str, Any]) -> list[str]:

@@ -40,6 +40,8 @@ from typing import Any
 from nvsentinel._proto import gpu_pb2
 
 __all__ = [
+    "format_ns",
+    "format_ratio",
     "CASES",
     "IMPLS",
     "TARGETS",
@@ -92,6 +94,20 @@ _EPOCH = 1_760_000_000
 
 
 # ---- realistic objects ----------------------------------------------------------------------
+
+
+
+def format_ns(value: float) -> str:
+    """A duration in nanoseconds, in the unit a reader expects (ns, µs, ms)."""
+    if value >= 1e6:
+        return f"{value / 1e6:.2f} ms"
+    if value >= 1e3:
+        return f"{value / 1e3:.2f} µs"
+    return f"{value:.1f} ns"
+
+
+def format_ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}×"
 
 
 def gpu_name(i: int) -> str:

@@ -32,20 +32,10 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=func)
 
 
-def _ns(value: float) -> str:
-    if value >= 1e6:
-        return f"{value / 1e6:.2f} ms"
-    if value >= 1e3:
-        return f"{value / 1e3:.2f} µs"
-    return f"{value:.1f} ns"
-
-
-def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}×"
-
-
 def format_table(rows: list[Any]) -> str:
     """The rows as an aligned text table, one block per case."""
+    from nvsentinel.benchmarks import format_ns, format_ratio  # not at import: keeps the CLI start light
+
     header = ("case", "impl", "median/op", "ops/s", "vs twin", "vs base", "target", "measured", "met", "ok")
     lines: list[tuple[str, ...]] = [header]
     last_case = None
@@ -53,12 +43,12 @@ def format_table(rows: list[Any]) -> str:
         lines.append((
             r.case if r.case != last_case else "",
             r.impl,
-            _ns(r.ns_per_op),
+            format_ns(r.ns_per_op),
             f"{r.ops_per_s:,.0f}",
-            _ratio(r.vs_twin),
-            _ratio(r.vs_baseline),
+            format_ratio(r.vs_twin),
+            format_ratio(r.vs_baseline),
             r.target or "",
-            _ratio(r.target_value) if r.target else "",
+            format_ratio(r.target_value) if r.target else "",
             "" if r.met is None else ("yes" if r.met else "MISSED"),
             "yes" if r.correct else "WRONG",
         ))
