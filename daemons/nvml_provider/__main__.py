@@ -1,0 +1,5 @@
+import sys
+
+from nvsentinel.daemons.nvml_provider import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""Settings of the NVML provider: flags > NVML_PROVIDER_* environment > defaults."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+from nvsentinel.settings import setting
+
+ENV_PREFIX = "NVML_PROVIDER_"
+DEFAULT_DRIVER_ROOT = "/run/nvidia/driver"
+
+
+@dataclasses.dataclass(frozen=True)
+class NvmlProviderSettings:
+    address: str = setting(
+        "", help="Device API address (unix:///path or host:port); empty: $NVSENTINEL_DEVICE_API, the "
+        "default unix socket if present, else 127.0.0.1:50051"
+    )
+    nvml_driver_root: str = setting(DEFAULT_DRIVER_ROOT, help="where the NVIDIA driver (libnvidia-ml) is mounted")
+    nvml_ignored_xids: tuple[int, ...] = setting((), help="comma-separated XIDs to ignore", metavar="XIDS")
+    fake_nvml: bool = setting(False, help="use nvsentinel's FAKE libnvidia-ml (tests and demos only)")
+    fake_nvml_topology: str = setting("", help="fake NVML topology JSON file (empty: built-in 8x H100)")
+    fake_nvml_control: str = setting("", help="fake NVML control file (empty: the fake's default)")
+    wait_timeout_ms: int = setting(5000, help="milliseconds per nvmlEventSetWait")
+    log_format: str = setting("plain", help="plain, full or json")
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    node_name: str = setting(socket.gethostname(), help="this node's name, for logs")
+
+    def validate(self) -> None:
+        if not 1 <= self.wait_timeout_ms <= 600_000:
+            raise ValueError(f"--wait-timeout-ms must be 1..600000, got {self.wait_timeout_ms}")
+        if self.log_format not in ("plain", "full", "json"):
+            raise ValueError(f"--log-format must be plain, full or json, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        for xid in self.nvml_ignored_xids:
+            if not 0 < xid < 1 << 16:
+                raise ValueError(f"--nvml-ignored-xids: {xid} is not an XID")
+        if (self.fake_nvml_topology or self.fake_nvml_control) and not self.fake_nvml:
+            raise ValueError("--fake-nvml-topology/--fake-nvml-control need --fake-nvml")

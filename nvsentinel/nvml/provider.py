@@ -1,0 +1,322 @@
+"""The NVML provider loop: pynvml events → logic.decide → the Device API, merged by type.
+
+One thread does everything: wait for NVML events (timeout `wait_timeout_ms`), apply them to the
+in-memory view, and push changed GPUs to the server. The server may come and go: writes retry with
+backoff forever, and a server restart (NotFound, a missing GPU, or a new store epoch) re-registers
+every GPU and re-sends the whole view (the server is in-memory by design).
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Collection
+from typing import Any
+
+from nvsentinel import errors
+from nvsentinel._proto import gpu_pb2
+from nvsentinel.catalog import Catalog, default_catalog
+from nvsentinel.nvml import logic
+
+__all__ = ["GpuInfo", "NvmlProvider", "NvmlInitError"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between checks that the server still holds our GPUs (epoch / listing).
+RESYNC_INTERVAL = 1.0
+SERVER_BACKOFF = (0.1, 5.0)
+LOST_BACKOFF = (0.05, 2.0)
+
+
+class NvmlInitError(RuntimeError):
+    """NVML could not be initialised or enumerated (clear message; the daemon exits 1)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    memory_total: int
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _addr(handle: Any) -> int:
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+class NvmlProvider:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        wait_timeout_ms: int = 5000,
+        ignored_xids: Collection[int] = (),
+        catalog: Catalog | None = None,
+        node_name: str = "",
+    ) -> None:
+        import pynvml
+
+        self._nvml = pynvml
+        self.client = client
+        self.wait_timeout_ms = wait_timeout_ms
+        self.ignored_xids = frozenset(ignored_xids)
+        self.catalog = catalog if catalog is not None else default_catalog()
+        self.node_name = node_name
+        self.stop_event = threading.Event()
+        self.gpus: list[GpuInfo] = []
+        self.views: dict[str, logic.GpuView] = {}
+        self._by_handle: dict[int, GpuInfo] = {}
+        self._handles: list[Any] = []
+        self._event_set: Any = None
+        self._dirty: set[str] = set()
+        self._registered = False
+        self._epoch: str | None = None
+        self._next_resync = 0.0
+        self._server_ok: bool | None = None
+        self._server_backoff = SERVER_BACKOFF[0]
+        self._next_server_try = 0.0
+        self._lost = False
+        self._lost_backoff = LOST_BACKOFF[0]
+        self._initialised = False
+        self._still_lost: list[int] = []
+
+    # --- NVML -----------------------------------------------------------------------------------
+
+    def init_nvml(self) -> None:
+        N = self._nvml
+        try:
+            N.nvmlInit()
+            self._initialised = True
+            count = N.nvmlDeviceGetCount()
+            wanted = (N.nvmlEventTypeXidCriticalError | N.nvmlEventTypeDoubleBitEccError
+                      | N.nvmlEventTypeSingleBitEccError | N.nvmlEventTypeGpuUnavailableError)
+            self._event_set = N.nvmlEventSetCreate()
+            for i in range(count):
+                h = N.nvmlDeviceGetHandleByIndex(i)
+                info = GpuInfo(
+                    index=i,
+                    uuid=_text(N.nvmlDeviceGetUUID(h)),
+                    name=_text(N.nvmlDeviceGetName(h)),
+                    pci_bus_id=_text(N.nvmlDeviceGetPciInfo(h).busId),
+                    memory_total=int(N.nvmlDeviceGetMemoryInfo(h).total),
+                )
+                mask = N.nvmlDeviceGetSupportedEventTypes(h) & wanted
+                if mask:
+                    N.nvmlDeviceRegisterEvents(h, mask, self._event_set)
+                self.gpus.append(info)
+                self._handles.append(h)
+                self._by_handle[_addr(h)] = info
+                self.views[info.uuid] = logic.GpuView()
+                self._dirty.add(info.uuid)
+                logger.info("gpu found", extra={"kv": {
+                    "index": i, "uuid": info.uuid, "name": info.name, "pci_bus_id": info.pci_bus_id,
+                    "memory_bytes": info.memory_total, "events": hex(mask)}})
+        except N.NVMLError as exc:
+            raise NvmlInitError(f"NVML initialisation failed: {type(exc).__name__}: {exc}") from None
+        try:
+            driver = _text(N.nvmlSystemGetDriverVersion())
+        except N.NVMLError:
+            driver = "unknown"
+        logger.info("nvml ready", extra={"kv": {"gpus": len(self.gpus), "driver": driver,
+                                                "node": self.node_name}})
+
+    def shutdown_nvml(self) -> None:
+        N = self._nvml
+        if self._event_set is not None:
+            try:
+                N.nvmlEventSetFree(self._event_set)
+            except N.NVMLError:
+                pass
+            self._event_set = None
+        if self._initialised:
+            try:
+                N.nvmlShutdown()
+            except N.NVMLError:
+                pass
+            self._initialised = False
+
+    def _apply(self, info: GpuInfo, event: logic.Event) -> None:
+        old = self.views[info.uuid]
+        decision = logic.decide(old, event, catalog=self.catalog, ignored_xids=self.ignored_xids)
+        self.views[info.uuid] = decision.view
+        kv = {"gpu": info.index, "uuid": info.uuid, "event": type(event).__name__,
+              "note": decision.note}
+        if isinstance(event, logic.Xid):
+            kv["xid"] = event.xid
+        if decision.changed:
+            status, reason, _ = decision.view.condition()
+            kv.update(condition=logic.CONDITION_TYPE, status=status, reason=reason,
+                      action=str(decision.view.action))
+            logger.warning("gpu condition changed", extra={"kv": kv})
+            self._dirty.add(info.uuid)
+        else:
+            logger.debug("nvml event", extra={"kv": kv})
+
+    def _handle_event(self, ev: Any) -> None:
+        N = self._nvml
+        info = self._by_handle.get(_addr(ev.device))
+        if info is None:
+            logger.warning("nvml event for an unknown device", extra={"kv": {"type": hex(ev.eventType)}})
+            return
+        etype = ev.eventType
+        if etype & N.nvmlEventTypeXidCriticalError:
+            self._apply(info, logic.Xid(int(ev.eventData)))
+        if etype & N.nvmlEventTypeDoubleBitEccError:
+            self._apply(info, logic.DoubleBitEcc())
+        if etype & N.nvmlEventTypeSingleBitEccError:
+            self._apply(info, logic.SingleBitEcc())
+        if etype & N.nvmlEventTypeGpuUnavailableError:
+            self._apply(info, logic.Lost("NVML GPU-unavailable event"))
+
+    def _on_lost(self) -> None:
+        if not self._lost:
+            self._lost = True
+            logger.error("nvml wait: GPU is lost; marking every GPU unhealthy", extra={"kv": {}})
+            for info in self.gpus:
+                self._apply(info, logic.Lost())
+        # back off: a lost GPU keeps every wait failing at once
+        self.stop_event.wait(self._lost_backoff)
+        self._lost_backoff = min(self._lost_backoff * 2, LOST_BACKOFF[1])
+
+    def _reverify(self) -> None:
+        """The waits stopped failing: check every GPU answers again, then declare it recovered."""
+        N = self._nvml
+        still_lost = []
+        for info in self.gpus:
+            try:
+                h = N.nvmlDeviceGetHandleByIndex(info.index)
+                if _text(N.nvmlDeviceGetUUID(h)) != info.uuid:
+                    raise N.NVMLError(N.NVML_ERROR_UNKNOWN)
+            except N.NVMLError:
+                still_lost.append(info.index)
+        if still_lost:
+            if still_lost != self._still_lost:  # one line per state change, not per wait
+                logger.warning("re-verification: GPUs still unreachable", extra={"kv": {"gpus": still_lost}})
+            self._still_lost = still_lost
+            return
+        self._still_lost = []
+        self._lost = False
+        self._lost_backoff = LOST_BACKOFF[0]
+        logger.info("nvml waits succeed again: every GPU re-verified", extra={"kv": {}})
+        for info in self.gpus:
+            self._apply(info, logic.Recovered())
+
+    def step(self) -> None:
+        """One wait for NVML events (bounded by the wait timeout and the next server retry)."""
+        N = self._nvml
+        timeout_ms = self.wait_timeout_ms
+        if self._dirty or not self._registered:
+            timeout_ms = max(1, min(timeout_ms, int((self._next_server_try - time.monotonic()) * 1000)))
+        try:
+            ev = N.nvmlEventSetWait(self._event_set, timeout_ms)
+        except N.NVMLError_Timeout:
+            ev = None
+        except N.NVMLError_GpuIsLost:
+            self._on_lost()
+            return
+        except N.NVMLError as exc:
+            logger.error("nvml wait failed", extra={"kv": {"error": f"{type(exc).__name__}: {exc}"}})
+            self.stop_event.wait(1.0)
+            return
+        if self._lost:
+            self._reverify()
+        if ev is not None:
+            self._handle_event(ev)
+
+    # --- Device API -----------------------------------------------------------------------------
+
+    def _register_all(self) -> None:
+        for info in self.gpus:
+            gpu = gpu_pb2.Gpu(metadata=gpu_pb2.ObjectMeta(name=info.uuid), spec=gpu_pb2.GpuSpec(uuid=info.uuid))
+            _, created = self.client.create_gpu(gpu)
+            if created:
+                logger.info("gpu registered", extra={"kv": {"gpu": info.index, "uuid": info.uuid}})
+        self._registered = True
+        self._dirty.update(self.views)
+
+    def _push(self, uuid: str) -> None:
+        view = self.views[uuid]
+        for _ in range(16):
+            current = self.client.get_gpu(uuid)
+            now = time.time()
+            status = logic.merge_status(current.status, view, int(now), int((now % 1) * 1e9))
+            if status == current.status:
+                return
+            try:
+                self.client.update_gpu_status(uuid, status, current.resource_version)
+                return
+            except errors.Conflict:
+                continue  # another provider wrote in between: merge again over its write
+        raise errors.Unavailable(f"{uuid}: gave up after 16 conflicting writes; will retry")
+
+    def sync(self) -> None:
+        """Bring the server in line with the view; on failure back off (retried forever)."""
+        now = time.monotonic()
+        if now < self._next_server_try:
+            return
+        if self._registered and not self._dirty and now < self._next_resync:
+            return
+        try:
+            if not self._registered or now >= self._next_resync:
+                self._check_server()
+                self._next_resync = now + RESYNC_INTERVAL
+            for uuid in sorted(self._dirty):
+                try:
+                    self._push(uuid)
+                except errors.NotFound:
+                    logger.warning("gpu missing on the server; re-registering", extra={"kv": {"uuid": uuid}})
+                    self._register_all()
+                    self._push(uuid)
+                self._dirty.discard(uuid)
+        except errors.NvsentinelError as exc:
+            if self._server_ok is not False:
+                logger.warning("device api unreachable; retrying with backoff",
+                               extra={"kv": {"address": getattr(self.client, "address", ""), "error": str(exc)}})
+            self._server_ok = False
+            self._next_server_try = time.monotonic() + self._server_backoff
+            self._server_backoff = min(self._server_backoff * 2, SERVER_BACKOFF[1])
+            return
+        if self._server_ok is not True:
+            logger.info("device api in sync", extra={"kv": {
+                "address": getattr(self.client, "address", ""), "gpus": len(self.gpus), "epoch": self._epoch}})
+        self._server_ok = True
+        self._server_backoff = SERVER_BACKOFF[0]
+
+    def _check_server(self) -> None:
+        try:
+            _, items = self.client.list_gpus()
+            epoch = self.client.server_epoch
+        except errors.Unavailable:
+            # a fresh server is not ready (reads refused) until a GPU exists; writes pass
+            items, epoch = None, None
+        if items is not None and self._registered and epoch == self._epoch:
+            names = {g.metadata.name for g in items}
+            if all(info.uuid in names for info in self.gpus):
+                return
+        if self._registered:
+            logger.warning("device api restarted or lost our GPUs; re-registering and re-sending",
+                           extra={"kv": {"old_epoch": self._epoch, "epoch": epoch}})
+        self._register_all()
+        if epoch is None:
+            self.client.list_gpus()
+            epoch = self.client.server_epoch
+        self._epoch = epoch
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Until `stop_event` is set: sync, wait for NVML events, repeat."""
+        while not self.stop_event.is_set():
+            self.sync()
+            self.step()
+        logger.info("nvml provider stopping", extra={"kv": {}})
+
+    def stop(self) -> None:
+        self.stop_event.set()
