@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int
         return 2
     configure_logging(settings.log_format, settings.log_level)
     from nvsentinel.client import DeviceApiClient
+    from nvsentinel.nvml.health import HealthServer
     from nvsentinel.nvml.library import NvmlLibraryError, load_library
     from nvsentinel.nvml.provider import NvmlInitError, NvmlProvider
 
@@ -46,6 +47,15 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int
         ignored_xids=settings.nvml_ignored_xids,
         node_name=settings.node_name,
     )
+    health = HealthServer(settings.http_bind_address, settings.health_port, lambda: provider.ready)
+    try:
+        health.start()
+    except OSError as exc:
+        logger.error("cannot start", extra={"kv": {"error": f"--health-port {settings.health_port}: {exc}"}})
+        client.close()
+        return 1
+    logger.info("health endpoint listening", extra={"kv": {
+        "address": settings.http_bind_address, "health_port": health.port}})
     try:
         try:
             provider.init_nvml()
@@ -72,6 +82,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int
     finally:
         provider.shutdown_nvml()
         client.close()
+        health.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

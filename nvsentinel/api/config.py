@@ -53,6 +53,11 @@ class DeviceApiSettings:
     enable_nvml_provider: bool = setting(False, help="run the NVML provider inside this process")
     nvml_driver_root: str = setting("/run/nvidia/driver", help="where the NVIDIA driver (libnvidia-ml) is mounted")
     nvml_ignored_xids: tuple[int, ...] = setting((), help="comma-separated XIDs the NVML provider ignores", metavar="XIDS")
+    fake_nvml: bool = setting(
+        False, help="embedded NVML provider: use nvsentinel's FAKE libnvidia-ml (tests and demos only)"
+    )
+    fake_nvml_topology: str = setting("", help="fake NVML topology JSON file (empty: built-in 8x H100)")
+    fake_nvml_control: str = setting("", help="fake NVML control file (empty: the fake's default)")
 
     def validate(self) -> None:
         if not self.grpc_address and not self.unix_socket:
@@ -90,6 +95,10 @@ class DeviceApiSettings:
         for xid in self.nvml_ignored_xids:
             if not 0 < xid < 1 << 16:
                 raise ValueError(f"--nvml-ignored-xids: {xid} is not an XID")
+        if (self.fake_nvml_topology or self.fake_nvml_control) and not self.fake_nvml:
+            raise ValueError("--fake-nvml-topology/--fake-nvml-control need --fake-nvml")
+        if self.fake_nvml and not self.enable_nvml_provider:
+            raise ValueError("--fake-nvml needs --enable-nvml-provider")
 
     @property
     def max_send_bytes(self) -> int:

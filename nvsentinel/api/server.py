@@ -5,8 +5,11 @@ the thread-pool server answers a lone client's unary call somewhat faster, but e
 stream would hold one pool thread and every publish would wake one OS thread per watcher; on
 grpc.aio all streams share one event loop and a publish costs one wake-up per loop.
 
-Shutdown (SIGTERM): not ready (readyz 503, gRPC health NOT_SERVING) → `shutdown_delay` → watch
-streams end with UNAVAILABLE (clients resume from their last RV) → in-flight RPCs drain within
+With `--enable-nvml-provider` the NVML provider runs in a thread of this process once the listeners
+are up (nvsentinel.nvml.embedded), as a client of this server like any other writer.
+
+Shutdown (SIGTERM): the embedded NVML provider stops → not ready (readyz 503, gRPC health
+NOT_SERVING) → `shutdown_delay` → watch streams end with UNAVAILABLE (clients resume from their last RV) → in-flight RPCs drain within
 `shutdown_timeout` → the unix socket is removed.
 """
 from __future__ import annotations
@@ -94,6 +97,7 @@ class DeviceApiServer:
         self.tcp_port: int | None = None
         self.health_port = 0
         self.metrics_port = 0
+        self.nvml: Any = None  # the embedded NVML provider (--enable-nvml-provider)
 
     # ---- readiness ----
 
@@ -117,8 +121,6 @@ class DeviceApiServer:
 
     async def start(self) -> None:
         s = self.settings
-        if s.enable_nvml_provider:
-            raise RuntimeError("--enable-nvml-provider: the NVML provider is not part of this build yet")
         logger.info(
             "starting device API server",
             extra={"kv": {"node": s.node_name, "store": store_mod.IMPLEMENTATION, "grpc": s.grpc_address or "-", "unix": s.unix_socket or "-"}},
@@ -172,6 +174,25 @@ class DeviceApiServer:
             "listening",
             extra={"kv": {"grpc_port": self.tcp_port or "-", "unix": s.unix_socket or "-", "health_port": self.health_port, "metrics_port": self.metrics_port}},
         )
+        if s.enable_nvml_provider:
+            await self._start_nvml()
+
+    async def _start_nvml(self) -> None:
+        """The embedded NVML provider, through its own client; a failure stops the server and raises."""
+        from nvsentinel.nvml.embedded import EmbeddedNvmlProvider, server_address
+
+        s = self.settings
+        self.nvml = EmbeddedNvmlProvider(
+            server_address(s.unix_socket, s.grpc_address, self.tcp_port),
+            driver_root=s.nvml_driver_root, ignored_xids=s.nvml_ignored_xids, node_name=s.node_name,
+            fake=s.fake_nvml, fake_topology=s.fake_nvml_topology, fake_control=s.fake_nvml_control,
+        )
+        try:
+            await self.nvml.astart()
+        except BaseException:
+            self.nvml = None
+            await self.stop(delay=0, timeout=0)
+            raise
 
     @staticmethod
     def _prepare_socket(path: str) -> None:
@@ -217,6 +238,8 @@ class DeviceApiServer:
         s = self.settings
         delay = s.shutdown_delay if delay is None else delay
         timeout = s.shutdown_timeout if timeout is None else timeout
+        if self.nvml is not None:  # first, so it never writes into a closing server
+            await self.nvml.astop()
         logger.info("shutting down: not ready", extra={"kv": {"delay_s": delay}})
         self.gate.shutdown()
         await asyncio.sleep(delay)

@@ -21,6 +21,12 @@ class NvmlProviderSettings:
     fake_nvml: bool = setting(False, help="use nvsentinel's FAKE libnvidia-ml (tests and demos only)")
     fake_nvml_topology: str = setting("", help="fake NVML topology JSON file (empty: built-in 8x H100)")
     fake_nvml_control: str = setting("", help="fake NVML control file (empty: the fake's default)")
+    health_port: int = setting(
+        8082, help="HTTP port for /healthz (alive) and /readyz (NVML up, every GPU registered); 0: any free port"
+    )
+    http_bind_address: str = setting(
+        "127.0.0.1", help="address the health port binds (0.0.0.0 in a pod, for probes)"
+    )
     wait_timeout_ms: int = setting(5000, help="milliseconds per nvmlEventSetWait")
     log_format: str = setting("plain", help="plain, full or json")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -29,6 +35,8 @@ class NvmlProviderSettings:
     def validate(self) -> None:
         if not 1 <= self.wait_timeout_ms <= 600_000:
             raise ValueError(f"--wait-timeout-ms must be 1..600000, got {self.wait_timeout_ms}")
+        if not 0 <= self.health_port <= 65535:
+            raise ValueError(f"--health-port must be 0..65535, got {self.health_port}")
         if self.log_format not in ("plain", "full", "json"):
             raise ValueError(f"--log-format must be plain, full or json, got {self.log_format!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

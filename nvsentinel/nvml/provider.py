@@ -320,3 +320,8 @@ class NvmlProvider:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    @property
+    def ready(self) -> bool:
+        """NVML is initialised and the server holds every GPU, as of the last sync."""
+        return self._initialised and self._registered and self._server_ok is True and not self.stop_event.is_set()

@@ -45,7 +45,8 @@ class Provider:
     def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvsentinel.daemons.nvml_provider", *flags],
+            # any free health port: never collide with a real provider or a parallel test
+            [sys.executable, "-m", "nvsentinel.daemons.nvml_provider", "--health-port", "0", *flags],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             env=env if env is not None else clean_env(PYTHONUNBUFFERED="1"),
         )
@@ -225,7 +226,7 @@ def test_nvml_provider_e2e_reconnects_when_the_server_starts_late(sock_dir, tmp_
 
 def _run_bad(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nvsentinel.daemons.nvml_provider", "--address", "127.0.0.1:1", *flags],
+        [sys.executable, "-m", "nvsentinel.daemons.nvml_provider", "--health-port", "0", "--address", "127.0.0.1:1", *flags],
         capture_output=True, text=True, timeout=60, env=clean_env(),
     )
 
