@@ -1,0 +1,5 @@
+import sys
+
+from nvsentinel.daemons.kmsg_monitor import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""The kernel-log monitor's decisions, with no I/O.
+
+Reuses the NVML provider's rules (`nvsentinel.nvml.logic.decide`, `severity`): the same finding
+for the same XID, sticky until a recovery signal, benign/ignored XIDs change nothing. What differs
+is the condition type (`KmsgHealthy`), the healthy reasons, and that the current view is read back
+from the server's condition (the monitor keeps no health state of its own, so a restart resumes
+exactly where the server is).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from nvsentinel._proto import gpu_pb2
+from nvsentinel.catalog import Action, Catalog, default_catalog
+from nvsentinel.nvml import logic as nvml_logic
+from nvsentinel.nvml.logic import Finding, GpuView, severity
+
+__all__ = [
+    "CONDITION_TYPE",
+    "REASON_HEALTHY",
+    "REASON_RESET",
+    "NVML_CONDITION_TYPE",
+    "find_condition",
+    "view_from_condition",
+    "recovered_view",
+    "merge_condition",
+    "reported_by_nvml",
+]
+
+CONDITION_TYPE: Final = "KmsgHealthy"
+REASON_HEALTHY: Final = "KmsgOk"
+REASON_RESET: Final = "GpuReset"
+NVML_CONDITION_TYPE: Final = nvml_logic.CONDITION_TYPE
+
+
+def find_condition(status: gpu_pb2.GpuStatus, ctype: str) -> gpu_pb2.Condition | None:
+    for cond in status.conditions:
+        if cond.type == ctype:
+            return cond
+    return None
+
+
+def _action_for_reason(reason: str, catalog: Catalog) -> Action:
+    if reason.startswith("Xid") and reason[3:].isdigit():
+        return catalog.classify(int(reason[3:])).action
+    if reason == nvml_logic.REASON_LOST:
+        return catalog.classify(kind="fallen_off_bus").action
+    return Action.UNKNOWN
+
+
+def view_from_condition(cond: gpu_pb2.Condition | None, catalog: Catalog | None = None) -> GpuView:
+    """The monitor's view of a GPU from its current KmsgHealthy condition (absent → healthy)."""
+    if cond is None or cond.status != "False":
+        if cond is None:
+            return GpuView(None, REASON_HEALTHY, "kernel log shows no fatal error")
+        return GpuView(None, cond.reason, cond.message)
+    cat = catalog if catalog is not None else default_catalog()
+    return GpuView(Finding(cond.reason, cond.message, _action_for_reason(cond.reason, cat)))
+
+
+def recovered_view(view: GpuView, uuid: str) -> GpuView:
+    return dataclasses.replace(view, finding=None, reason_if_healthy=REASON_RESET,
+                               message_if_healthy=f"kernel log: GPU reset executed: {uuid}")
+
+
+def merge_condition(current: gpu_pb2.GpuStatus, view: GpuView, now_seconds: int, now_nanos: int = 0) -> gpu_pb2.GpuStatus:
+    """`current` with only the KmsgHealthy condition replaced by `view`'s (contract rules 2, 4, 5, 8).
+
+    `nvml_logic.merge_status` does the same for NvmlHealthy but has its type built in.
+    """
+    status, reason, message = view.condition()
+    out = gpu_pb2.GpuStatus()
+    out.CopyFrom(current)
+    del out.conditions[:]
+    mine = None
+    new = None
+    others_false = False
+    for cond in current.conditions:
+        if cond.type == CONDITION_TYPE:
+            if mine is None:
+                mine = cond
+                new = out.conditions.add()
+        else:
+            out.conditions.add().CopyFrom(cond)
+            others_false = others_false or cond.status == "False"
+    if new is None:
+        new = out.conditions.add()
+    new.type, new.status, new.reason, new.message = CONDITION_TYPE, status, reason, message
+    if mine is not None and mine.status == status:
+        new.last_transition_time.CopyFrom(mine.last_transition_time)
+    else:
+        new.last_transition_time.seconds = now_seconds
+        new.last_transition_time.nanos = now_nanos
+    if not view.healthy:
+        if not (others_false and severity(current.recommended_action) > severity(view.action)):
+            out.recommended_action = str(view.action)
+    elif not others_false:
+        out.recommended_action = str(Action.NONE)
+    return out
+
+
+def reported_by_nvml(status: gpu_pb2.GpuStatus, reason: str, now: float, window: float) -> bool:
+    """Cross-source dedup: the NVML provider's condition is already False with the same reason
+    (`Xid<n>`, `GpuLost`), and it went False at most `window` seconds before `now`."""
+    cond = find_condition(status, NVML_CONDITION_TYPE)
+    if cond is None or cond.status != "False" or cond.reason != reason:
+        return False
+    ltt = cond.last_transition_time.seconds + cond.last_transition_time.nanos / 1e9
+    return abs(now - ltt) <= window  # either order: the two clocks may differ a little
