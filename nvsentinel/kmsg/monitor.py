@@ -72,7 +72,7 @@ class _FileSource:
             raise SourceError(f"cannot open --source {self.path!r}: {exc.strerror}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise SourceError(f"--source {self.path!r} is neither a regular file nor a character device")
+            raise SourceError(f"--source {self.path!r} is not a regular file, a FIFO or a character device")
         return fd
 
     def close(self) -> None:
@@ -188,13 +188,58 @@ class _KmsgSource:
         cur.kind, cur.boot_id, cur.seq = "kmsg", self.boot_id, self.seq
 
 
-def open_source(path: str, cur: cursor_mod.Cursor) -> _FileSource | _KmsgSource:
+class _FifoSource:
+    """A named pipe (e.g. `journalctl -kf -o cat > FIFO`): lines as they arrive, across writers.
+
+    A pipe keeps no history, so there is nothing to replay and no cursor to keep.
+    """
+
+    kind = "fifo"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            # O_NONBLOCK: opening the read end does not wait for a writer
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise SourceError(f"cannot open --source {path!r}: {exc.strerror}") from None
+        self._tail = b""
+        logger.info("following fifo", extra={"kv": {"path": path}})
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:  # no writer right now; a later writer's lines arrive on the same end
+                break
+            data = self._tail + data
+            cut = data.rfind(b"\n") + 1
+            self._tail = data[cut:]
+            if cut:
+                out.append(data[:cut])
+        return out
+
+    def update(self, cur: cursor_mod.Cursor) -> None:
+        cur.kind = "fifo"
+
+
+def open_source(path: str, cur: cursor_mod.Cursor) -> _FileSource | _KmsgSource | _FifoSource:
     try:
         st = os.stat(path)
     except OSError as exc:
         raise SourceError(f"cannot open --source {path!r}: {exc.strerror}") from None
     if stat.S_ISCHR(st.st_mode):
         return _KmsgSource(path, cur)
+    if stat.S_ISFIFO(st.st_mode):
+        return _FifoSource(path)
     return _FileSource(path, cur)
 
 

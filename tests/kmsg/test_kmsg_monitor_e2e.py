@@ -237,7 +237,7 @@ def test_kmsg_monitor_ignored_xids_and_env(env):
     ("flags", "rc", "text"),
     [
         (("--source", "/nonexistent/kern.log"), 1, "cannot open --source '/nonexistent/kern.log': No such file or directory"),
-        (("--source", "/"), 1, "is neither a regular file nor a character device"),
+        (("--source", "/"), 1, "is not a regular file, a FIFO or a character device"),
         (("--source", "/tmp/x", "--dedup-window", "-1"), 2, "--dedup-window must be 0..3600"),
         (("--source", "/tmp/x", "--ignored-xids", "7,x"), 2, "--ignored-xids"),
     ],

@@ -173,3 +173,33 @@ def test_kmsg_source_honours_the_cursor(tmp_path, cur, want):
         assert (saved.kind, saved.boot_id, saved.seq) == ("kmsg", "boot-a", want[-1] if want else cur.seq)
     finally:
         src.close()
+
+
+def test_fifo_source_yields_lines_across_writers(tmp_path):
+    """Verify a FIFO source returns complete lines only, and keeps reading after a writer closes."""
+    import os
+
+    from nvsentinel.kmsg import cursor as cursor_mod
+    from nvsentinel.kmsg.monitor import open_source
+
+    path = tmp_path / "kmsg.fifo"
+    os.mkfifo(path)
+    source = open_source(str(path), cursor_mod.Cursor())
+    try:
+        assert source.kind == "fifo" and source.read() == []
+        w = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(w, b"NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=a\nhalf a li")
+        assert source.read() == [b"NVRM: Xid (PCI:0000:18:00): 79, pid=1, name=a\n"]
+        os.write(w, b"ne\n")
+        os.close(w)
+        assert source.read() == [b"half a line\n"]
+        assert source.read() == []  # no writer: nothing, no error
+        w = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # a new writer (journalctl restarted)
+        os.write(w, b"second writer\n")
+        os.close(w)
+        assert source.read() == [b"second writer\n"]
+        cur = cursor_mod.Cursor()
+        source.update(cur)
+        assert cur.kind == "fifo"
+    finally:
+        source.close()
