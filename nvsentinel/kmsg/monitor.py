@@ -290,7 +290,7 @@ class KmsgMonitor:
 
     def _to_nvml_event(self, ev: XidEvent) -> nvml_logic.Event | None:
         if ev.kind == KIND_XID and ev.xid is not None:
-            return nvml_logic.Xid(ev.xid)
+            return nvml_logic.Xid(ev.xid, ev.classification)  # line-aware: XID 154, NVLink5
         if ev.kind == KIND_FALLEN_OFF_BUS:
             return nvml_logic.Lost("kernel log: GPU has fallen off the bus")
         if ev.kind == KIND_GPU_RESET and ev.healthy:

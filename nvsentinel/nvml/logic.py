@@ -12,7 +12,7 @@ from collections.abc import Collection
 from typing import Final
 
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.catalog import Action, Catalog, default_catalog
+from nvsentinel.catalog import Action, Catalog, Classification, default_catalog
 
 __all__ = [
     "CONDITION_TYPE",
@@ -65,6 +65,9 @@ def severity(action: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class Xid:
     xid: int
+    classification: Classification | None = None
+    """The source's own, line-aware classification when it has one (the kernel log: XID 154's
+    action from the line, NVLink5 severity); None: classify the XID number with the catalog."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +135,13 @@ class Decision:
     """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy."""
 
 
-def _xid_finding(xid: int, reason: str, catalog: Catalog, ignored: Collection[int]) -> tuple[Finding | None, str]:
+def _xid_finding(
+    xid: int, reason: str, catalog: Catalog, ignored: Collection[int], cls: Classification | None = None
+) -> tuple[Finding | None, str]:
     if xid in ignored:
         return None, "ignored"
-    cls = catalog.classify(xid)
+    if cls is None:
+        cls = catalog.classify(xid)
     if cls.ignored:
         return None, "ignored"
     if not cls.fatal:
@@ -168,7 +174,7 @@ def decide(
             return Decision(view, False, "lost")
         return Decision(dataclasses.replace(view, finding=finding), True, "lost")
     if isinstance(event, Xid):
-        finding, note = _xid_finding(event.xid, f"Xid{event.xid}", cat, ignored_xids)
+        finding, note = _xid_finding(event.xid, f"Xid{event.xid}", cat, ignored_xids, event.classification)
     elif isinstance(event, DoubleBitEcc):
         finding, note = _xid_finding(48, REASON_DBE, cat, ignored_xids)
         if finding is not None:

@@ -203,3 +203,25 @@ def test_fifo_source_yields_lines_across_writers(tmp_path):
         assert cur.kind == "fifo"
     finally:
         source.close()
+
+
+@pytest.mark.parametrize(
+    "line, reason, action",
+    [
+        (b"NVRM: Xid (PCI:0000:18:00): 154, GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)", "Xid154", "COMPONENT_RESET"),
+        (b"NVRM: Xid (PCI:0000:18:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)", "Xid154", "RESTART_BM"),
+        (b"NVRM: Xid (PCI:0000:18:00): 154, GPU recovery action changed from 0x1 (GPU Reset Required) to 0x0 (None)", None, None),
+    ],
+)
+def test_xid_154_takes_its_action_from_the_line(line, reason, action):
+    """Verify the kernel-log path decides XID 154 by the action the line names, not the catalog row."""
+    from nvsentinel import xid
+    from nvsentinel.nvml import logic as nvml_logic
+
+    ev = xid.decode_line(line)
+    decision = nvml_logic.decide(nvml_logic.GpuView(), nvml_logic.Xid(ev.xid, ev.classification))
+    if reason is None:
+        assert decision.changed is False
+    else:
+        assert decision.changed and decision.view.finding.reason == reason
+        assert str(decision.view.finding.action) == action
