@@ -14,7 +14,7 @@ from typing import Final
 from nvsentinel._proto import gpu_pb2
 from nvsentinel.catalog import Action, Catalog, default_catalog
 from nvsentinel.nvml import logic as nvml_logic
-from nvsentinel.nvml.logic import Finding, GpuView, severity
+from nvsentinel.nvml.logic import Finding, GpuView
 
 __all__ = [
     "CONDITION_TYPE",
@@ -65,39 +65,8 @@ def recovered_view(view: GpuView, uuid: str) -> GpuView:
 
 
 def merge_condition(current: gpu_pb2.GpuStatus, view: GpuView, now_seconds: int, now_nanos: int = 0) -> gpu_pb2.GpuStatus:
-    """`current` with only the KmsgHealthy condition replaced by `view`'s (contract rules 2, 4, 5, 8).
-
-    `nvml_logic.merge_status` does the same for NvmlHealthy but has its type built in.
-    """
-    status, reason, message = view.condition()
-    out = gpu_pb2.GpuStatus()
-    out.CopyFrom(current)
-    del out.conditions[:]
-    mine = None
-    new = None
-    others_false = False
-    for cond in current.conditions:
-        if cond.type == CONDITION_TYPE:
-            if mine is None:
-                mine = cond
-                new = out.conditions.add()
-        else:
-            out.conditions.add().CopyFrom(cond)
-            others_false = others_false or cond.status == "False"
-    if new is None:
-        new = out.conditions.add()
-    new.type, new.status, new.reason, new.message = CONDITION_TYPE, status, reason, message
-    if mine is not None and mine.status == status:
-        new.last_transition_time.CopyFrom(mine.last_transition_time)
-    else:
-        new.last_transition_time.seconds = now_seconds
-        new.last_transition_time.nanos = now_nanos
-    if not view.healthy:
-        if not (others_false and severity(current.recommended_action) > severity(view.action)):
-            out.recommended_action = str(view.action)
-    elif not others_false:
-        out.recommended_action = str(Action.NONE)
-    return out
+    """`current` with only the KmsgHealthy condition replaced by `view`'s (contract rules 2, 4, 5, 8)."""
+    return nvml_logic.merge_status(current, view, now_seconds, now_nanos, condition_type=CONDITION_TYPE)
 
 
 def reported_by_nvml(status: gpu_pb2.GpuStatus, reason: str, now: float, window: float) -> bool:

@@ -189,9 +189,11 @@ def decide(
 
 
 def merge_status(
-    current: gpu_pb2.GpuStatus, view: GpuView, now_seconds: int, now_nanos: int = 0
+    current: gpu_pb2.GpuStatus, view: GpuView, now_seconds: int, now_nanos: int = 0,
+    *, condition_type: str = CONDITION_TYPE,
 ) -> gpu_pb2.GpuStatus:
-    """`current` with only the NvmlHealthy condition replaced by `view`'s; other conditions kept.
+    """`current` with only the `condition_type` condition (default NvmlHealthy) replaced by
+    `view`'s; other conditions kept. Other detectors reuse it with their own type.
 
     The transition time changes only when the condition's status changes. `recommended_action`:
     unhealthy → our action unless another provider's False condition already asks for something
@@ -205,7 +207,7 @@ def merge_status(
     others_false = False
     new = None
     for cond in current.conditions:
-        if cond.type == CONDITION_TYPE:
+        if cond.type == condition_type:
             if mine is None:  # keep its position; drop duplicates of our type
                 mine = cond
                 new = out.conditions.add()
@@ -214,7 +216,7 @@ def merge_status(
             others_false = others_false or cond.status == "False"
     if new is None:
         new = out.conditions.add()
-    new.type, new.status, new.reason, new.message = CONDITION_TYPE, status, reason, message
+    new.type, new.status, new.reason, new.message = condition_type, status, reason, message
     if mine is not None and mine.status == status:
         new.last_transition_time.CopyFrom(mine.last_transition_time)
     else:
