@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 from nvsentinel.kmsg.config import ENV_PREFIX, KmsgMonitorSettings
-from nvsentinel.logs import configure_logging
-from nvsentinel.settings import SettingsError, add_arguments, resolve
+from nvsentinel.daemons import load_settings
+from nvsentinel.settings import add_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +18,9 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, prog: str = "nvsentinel kmsg-monitor") -> int:
-    try:
-        settings = resolve(KmsgMonitorSettings, args, prefix=ENV_PREFIX)
-    except SettingsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    settings = load_settings(KmsgMonitorSettings, args, prefix=ENV_PREFIX, prog=prog)
+    if settings is None:
         return 2
-    configure_logging(settings.log_format, settings.log_level)
     from nvsentinel.client import DeviceApiClient
     from nvsentinel.kmsg.monitor import KmsgMonitor, SourceError
 

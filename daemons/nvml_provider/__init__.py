@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
-from nvsentinel.logs import configure_logging
 from nvsentinel.nvml.config import ENV_PREFIX, NvmlProviderSettings
-from nvsentinel.settings import SettingsError, add_arguments, resolve
+from nvsentinel.daemons import load_settings
+from nvsentinel.settings import add_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -19,12 +18,9 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int:
-    try:
-        settings = resolve(NvmlProviderSettings, args, prefix=ENV_PREFIX)
-    except SettingsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    settings = load_settings(NvmlProviderSettings, args, prefix=ENV_PREFIX, prog=prog)
+    if settings is None:
         return 2
-    configure_logging(settings.log_format, settings.log_level)
     from nvsentinel.client import DeviceApiClient
     from nvsentinel.nvml.health import HealthServer
     from nvsentinel.nvml.library import NvmlLibraryError, load_library

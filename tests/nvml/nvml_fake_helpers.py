@@ -136,3 +136,16 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The fake's default 8×H100 topology, in device-index order (docs/fake-nvml.md).
+UUIDS = [
+    "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb",
+    "GPU-976baef6-3b1f-dc48-2908-168925b1cdbf",
+    "GPU-0d1b0f43-1453-595a-d607-8ca6a707ec5e",
+    "GPU-e7b01a4c-23be-ec6e-51b4-457253d5dcb5",
+    "GPU-e1e1a66f-fac2-ceba-e5c7-a20a37641d4f",
+    "GPU-5e9d0ca7-4e0a-ab77-b3fb-a13a10f842a5",
+    "GPU-52b81f07-a3a7-4f63-8230-94a60121e489",
+    "GPU-fbb47182-3151-f650-bb28-627c0c4b623c",
+]

@@ -5,21 +5,11 @@ import json
 import pathlib
 import re
 
-from nvml_fake_helpers import clean_env, last_json, run_script
+from nvml_fake_helpers import UUIDS, clean_env, last_json, run_script
 
 from nvsentinel import fake_nvml
 
 #: The built-in topology is a fixed fact: demo scripts and recorded fixtures may name these GPUs.
-DEFAULT_UUIDS = [
-    "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb",
-    "GPU-976baef6-3b1f-dc48-2908-168925b1cdbf",
-    "GPU-0d1b0f43-1453-595a-d607-8ca6a707ec5e",
-    "GPU-e7b01a4c-23be-ec6e-51b4-457253d5dcb5",
-    "GPU-e1e1a66f-fac2-ceba-e5c7-a20a37641d4f",
-    "GPU-5e9d0ca7-4e0a-ab77-b3fb-a13a10f842a5",
-    "GPU-52b81f07-a3a7-4f63-8230-94a60121e489",
-    "GPU-fbb47182-3151-f650-bb28-627c0c4b623c",
-]
 DEFAULT_BUSES = ["18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"]
 H100_TOTAL = 81559 * 1024 * 1024
 
@@ -62,8 +52,8 @@ def test_default_topology_is_eight_h100s():
     gpus = out["gpus"]
     assert [g["index"] for g in gpus] == list(range(8))
     assert {g["name"] for g in gpus} == {"NVIDIA H100 80GB HBM3"}
-    assert [g["uuid"] for g in gpus] == DEFAULT_UUIDS
-    assert all(re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u) for u in DEFAULT_UUIDS)
+    assert [g["uuid"] for g in gpus] == UUIDS
+    assert all(re.fullmatch(r"GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u) for u in UUIDS)
     assert [g["busId"] for g in gpus] == [f"00000000:{b}:00.0" for b in DEFAULT_BUSES]
     assert [g["busIdLegacy"] for g in gpus] == [f"0000:{b}:00.0" for b in DEFAULT_BUSES]
     assert [g["bus"] for g in gpus] == [int(b, 16) for b in DEFAULT_BUSES]
@@ -97,7 +87,7 @@ def test_topology_file(tmp_path):
     a, b = out["gpus"]
     assert a["name"] == "NVIDIA A100-SXM4-80GB" and b["name"] == "NVIDIA H200"
     assert a["uuid"] == "GPU-00000000-1111-2222-3333-444444444444"
-    assert b["uuid"] == DEFAULT_UUIDS[1]  # not given: the built-in UUID for its index
+    assert b["uuid"] == UUIDS[1]  # not given: the built-in UUID for its index
     assert (a["busId"], b["busId"]) == ("00000000:07:00.0", "00000001:0F:00.0")
     assert a["pciDeviceId"] == 0x20B210DE and b["pciDeviceId"] == 0x233010DE
     total, reserved = 81920 * 2**20, 512 * 2**20

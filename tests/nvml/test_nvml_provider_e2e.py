@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 from apiserver import ThreadServer, make_settings  # noqa: E402
-from nvml_fake_helpers import clean_env  # noqa: E402
+from nvml_fake_helpers import UUIDS, clean_env  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
@@ -27,16 +27,6 @@ from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
 from nvsentinel.nvml.config import ENV_PREFIX, NvmlProviderSettings  # noqa: E402
 from nvsentinel.settings import resolve  # noqa: E402
 
-UUIDS = [
-    "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb",
-    "GPU-976baef6-3b1f-dc48-2908-168925b1cdbf",
-    "GPU-0d1b0f43-1453-595a-d607-8ca6a707ec5e",
-    "GPU-e7b01a4c-23be-ec6e-51b4-457253d5dcb5",
-    "GPU-e1e1a66f-fac2-ceba-e5c7-a20a37641d4f",
-    "GPU-5e9d0ca7-4e0a-ab77-b3fb-a13a10f842a5",
-    "GPU-52b81f07-a3a7-4f63-8230-94a60121e489",
-    "GPU-fbb47182-3151-f650-bb28-627c0c4b623c",
-]
 
 
 class Provider:
