@@ -1,11 +1,21 @@
-"""`nvsentinel get gpus|gpu NAME`: read the Device API like kubectl reads the apiserver."""
+"""`nvsentinel get gpus|gpu NAME` (the node's Device API) and `get healthevents [NAME]` (the cluster).
+
+Both read like kubectl reads the apiserver: table, wide, json or yaml; errors are one line and exit 1.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nvsentinel import errors
 from nvsentinel.commands._output import FORMATS, print_gpus
+
+if TYPE_CHECKING:
+    from nvsentinel.k8s import Kube
+
+HEALTHEVENT_ALIASES = ("healthevent", "he", "hevt")
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +28,17 @@ def add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
 
 
+def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cluster connection flags of every command that reads HealthEvents."""
+    parser.add_argument("--kubeconfig", default=None,
+                        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
+    parser.add_argument("--context", default=None, help="kubeconfig context (default: its current-context)")
+    parser.add_argument("--request-timeout", type=float, default=30.0,
+                        help="seconds per API request (default 30)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("get", help="show GPUs from the node's Device API")
+    parser = subparsers.add_parser("get", help="show GPUs (node Device API) or HealthEvents (cluster)")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     many = kinds.add_parser("gpus", help="list every GPU")
     one = kinds.add_parser("gpu", help="show one GPU")
@@ -28,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format (default: table)")
         add_address(p)
         p.set_defaults(func=run)
+
+    he = kinds.add_parser("healthevents", aliases=list(HEALTHEVENT_ALIASES),
+                          help="list HealthEvents (open ones unless --all), or show one by name")
+    he.add_argument("name", nargs="?", help="one HealthEvent's name")
+    he.add_argument("--node", default=None, help="only events for this node (label nvsentinel.nvidia.com/node)")
+    he.add_argument("-l", "--selector", default=None, help="label selector, e.g. nvsentinel.nvidia.com/is-fatal=true")
+    he.add_argument("--all", action="store_true",
+                    help="include Resolved and Cancelled events (hidden by default)")
+    he.add_argument("-o", "--output", choices=FORMATS, default="table", help="output format (default: table)")
+    add_kube_arguments(he)
+    he.set_defaults(func=run_healthevents)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,3 +74,74 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# ---- HealthEvents ----------------------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def with_kube(args: argparse.Namespace, body: Callable[[Kube], int], *, name: str | None = None) -> int:
+    """Connect with the command's flags, run `body`, and turn every failure into one line + exit 1."""
+    from nvsentinel.healthevent.model import API_VERSION, PLURAL
+    from nvsentinel.k8s import Forbidden, Kube, KubeError, KubeNotFound, ServerUnavailable
+
+    try:
+        kube = Kube.connect(args.kubeconfig, args.context, timeout=args.request_timeout)
+    except FileNotFoundError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the client raises its own ConfigException for a bad kubeconfig
+        print(f"error: cannot load kubeconfig: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    try:
+        return body(kube)
+    except KubeNotFound as exc:
+        # a missing object answers a Status naming it; a missing resource type answers a bare 404
+        if name is not None and (exc.body.get("details") or {}).get("name") == name:
+            print(f'error: healthevent "{name}" not found', file=sys.stderr)
+        else:
+            print(f"error: the server has no {PLURAL} ({API_VERSION}): is the HealthEvent CRD installed?",
+                  file=sys.stderr)
+        return 1
+    except ServerUnavailable as exc:
+        print(f"error: cannot reach the Kubernetes API server at {kube.host}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Forbidden as exc:
+        print(f"error: forbidden: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KubeError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        kube.close()
+
+
+def run_healthevents(args: argparse.Namespace) -> int:
+    from nvsentinel.healthevent import display
+    from nvsentinel.healthevent.model import LABEL_NODE, utcnow
+    from nvsentinel.k8s.resources import HEALTHEVENTS
+
+    if args.name and (args.node or args.selector or args.all):
+        # kubectl's rule too: a name already picks the object
+        print("error: --node, --selector and --all cannot be used with a NAME", file=sys.stderr)
+        return 1
+    selector = ",".join(s for s in (f"{LABEL_NODE}={args.node}" if args.node else None, args.selector) if s) or None
+
+    def body(kube: Kube) -> int:
+        if args.name:
+            obj = kube.get(HEALTHEVENTS, args.name)
+            print(display.render_one(obj, args.output, utcnow()))
+            return 0
+        items, rv = kube.list(HEALTHEVENTS, label_selector=selector)
+        shown = items if args.all else [o for o in items if not display.is_terminal(o)]
+        out = display.render_list(shown, args.output, utcnow(), rv)
+        if out:
+            print(out)
+        if not shown and args.output in ("table", "wide"):
+            hidden = len(items) - len(shown)
+            hint = f" ({hidden} resolved or cancelled hidden; --all shows them)" if hidden else ""
+            print(f"No resources found{hint}.", file=sys.stderr)
+        return 0
+
+    return with_kube(args, body, name=args.name)

@@ -1,0 +1,5 @@
+import sys
+
+from nvsentinel.daemons.controllers import main
+
+sys.exit(main())

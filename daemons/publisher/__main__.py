@@ -1,0 +1,5 @@
+import sys
+
+from nvsentinel.daemons.publisher import main
+
+sys.exit(main())

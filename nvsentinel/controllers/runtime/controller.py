@@ -1,0 +1,62 @@
+"""What a reconciler sees: its context (client, caches, queue, recorder, metrics) and its result.
+
+Reconcilers are level-triggered: given a key they read the current state from the informers,
+decide, act idempotently and return. Running one any number of times converges to the same state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from nvsentinel.controllers.runtime.informer import Informer
+from nvsentinel.controllers.runtime.metrics import ControllerMetrics
+from nvsentinel.controllers.runtime.recorder import EventRecorder
+from nvsentinel.controllers.runtime.workqueue import WorkQueue
+from nvsentinel.k8s import AsyncKube
+from nvsentinel.k8s.resources import Resource
+
+__all__ = ["Result", "ControllerContext", "Reconciler"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """`requeue_after`: look at this key again in that many seconds (a level-triggered re-check)."""
+
+    requeue_after: float | None = None
+
+
+class ControllerContext:
+    """One per controller; built by the Manager."""
+
+    def __init__(self, name: str, *, kube: AsyncKube, queue: WorkQueue, recorder: EventRecorder,
+                 metrics: ControllerMetrics, dry_run: bool, namespace: str,
+                 informer_factory: Callable[..., Informer],
+                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+        self.name = name
+        self.kube = kube
+        self.queue = queue
+        self.recorder = recorder
+        self.metrics = metrics
+        self.dry_run = dry_run
+        self.namespace = namespace
+        self._informer_factory = informer_factory
+        self._clock = clock or (lambda: _dt.datetime.now(_dt.timezone.utc))
+
+    def informer(self, resource: Resource, **selectors: Any) -> Informer:
+        """The shared informer for `resource` (+ selectors), created on first use, run by the Manager."""
+        return self._informer_factory(resource, **selectors)
+
+    def now(self) -> _dt.datetime:
+        return self._clock()
+
+
+class Reconciler(Protocol):
+    name: str
+
+    def setup(self, ctx: ControllerContext) -> None:
+        """Register informer handlers that enqueue keys."""
+
+    async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
+        """Bring `key` to its desired state. Raise to retry with backoff."""

@@ -1,0 +1,6 @@
+"""Kubernetes access for the publisher and the controllers: one client, typed errors, resources."""
+from nvsentinel.k8s.errors import (  # noqa: F401
+    AlreadyExists, Forbidden, Gone, Invalid, KubeConflict, KubeError, KubeNotFound, ServerUnavailable,
+    TooManyRequests,
+)
+from nvsentinel.k8s.kube import AsyncKube, Kube, RateLimiter, WatchStream, load_api_client  # noqa: F401

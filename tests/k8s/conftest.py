@@ -1,0 +1,47 @@
+"""The real Kubernetes control plane for tests/k8s (started once per session; see cluster.py)."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from cluster import ControlPlane
+
+from nvsentinel.k8s import Kube
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    with ControlPlane() as cp:
+        yield cp
+
+
+@pytest.fixture
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    k = control_plane.kube()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+@pytest.fixture(scope="session")
+def crd_installed(control_plane: ControlPlane) -> None:
+    from nvsentinel.healthevent.crd import install_crd
+
+    k = control_plane.kube()
+    try:
+        install_crd(k)
+    finally:
+        k.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix: tests share one API server and isolate by name."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
