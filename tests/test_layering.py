@@ -57,3 +57,28 @@ def test_package_root_import_is_cheap():
     code = "import sys, nvsentinel; print(sorted(m for m in ('grpc','kubernetes','pynvml') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: Pure decision modules of the cluster side: no I/O libraries, no client, no event loop. They are
+#: unit- and property-tested on plain values; the controllers and daemons do the I/O around them.
+PURE_DECISIONS = ["healthevent/model.py", "healthevent/display.py", "publisher/logic.py",
+                  "controllers/quarantine/logic.py", "controllers/quarantine/breaker.py"]
+FORBIDDEN_IN_DECISIONS = {"grpc", "kubernetes", "pynvml", "anyio", "urllib3", "threading", "asyncio", "socket"}
+
+
+def test_decision_logic_is_pure():
+    """Verify the HealthEvent model, the publisher's and the quarantine controller's decisions import
+    no transport, no Kubernetes client and no concurrency, and not nvsentinel.k8s either."""
+    for rel in PURE_DECISIONS:
+        path = PKG / rel
+        roots = imported_roots(path)
+        assert not roots & FORBIDDEN_IN_DECISIONS, (rel, roots & FORBIDDEN_IN_DECISIONS)
+        tree = ast.parse(path.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(m.startswith(("nvsentinel.k8s", "nvsentinel.controllers.runtime")) for m in modules), rel
+
+
+def test_kubernetes_client_is_used_only_through_nvsentinel_k8s():
+    """Verify only nvsentinel/k8s imports the `kubernetes` package, so errors are mapped in one place."""
+    users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if "kubernetes" in imported_roots(p))
+    assert users == ["k8s/kube.py"], users

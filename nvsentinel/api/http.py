@@ -6,8 +6,11 @@ Prometheus, with no web framework dependency.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +57,59 @@ class HttpEndpoint:
             pass
         finally:
             writer.close()
+
+
+def probe_routes(ready: Callable[[], bool]) -> dict[str, Route]:
+    """`/healthz` and `/livez` (200 while the process serves) and `/readyz` (200 when `ready()`)."""
+
+    def alive() -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"ok\n"
+
+    def readyz() -> tuple[int, str, bytes]:
+        try:
+            ok = ready()
+        except Exception:  # noqa: BLE001 - a probe must answer
+            ok = False
+        return (200, "text/plain", b"ready\n") if ok else (503, "text/plain", b"not ready\n")
+
+    return {"/healthz": alive, "/livez": alive, "/readyz": readyz}
+
+
+class ThreadedHttp:
+    """HttpEndpoints served on an asyncio loop in a background thread, for the thread-based daemons
+    (NVML provider, publisher). `start()` binds (port 0: any free one, see `.ports`) or raises OSError."""
+
+    def __init__(self, endpoints: list[HttpEndpoint], name: str = "http") -> None:
+        self._endpoints = endpoints
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+
+    @property
+    def ports(self) -> list[int]:
+        return [e.port for e in self._endpoints]
+
+    def _call(self, coro: Any, timeout: float = 10.0) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> None:
+        if not self._endpoints:
+            return
+        self._thread.start()
+        try:
+            for ep in self._endpoints:
+                self._call(ep.start())
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            for ep in self._endpoints:
+                try:
+                    self._call(ep.stop())
+                except (concurrent.futures.TimeoutError, OSError):
+                    logger.warning("http endpoint did not close in time", extra={"kv": {"port": ep.port}})
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            self._loop.close()

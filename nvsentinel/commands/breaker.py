@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from nvsentinel.commands.get import add_kube_arguments
+from nvsentinel.commands._kube import add_kube_arguments, with_kube
 
 if TYPE_CHECKING:
     from nvsentinel.k8s import Kube
@@ -41,29 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.set_defaults(func=run_status)
     reset.add_argument("--reason", default="", help="why (stored in the ConfigMap)")
     reset.set_defaults(func=run_reset)
-
-
-def _connect(args: argparse.Namespace, body: Any) -> int:
-    from nvsentinel.k8s import Forbidden, Kube, KubeError, ServerUnavailable
-
-    try:
-        kube = Kube.connect(args.kubeconfig, args.context, timeout=args.request_timeout)
-    except Exception as exc:  # noqa: BLE001 - the client raises its own ConfigException for a bad kubeconfig
-        print(f"error: cannot load kubeconfig: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    try:
-        return int(body(kube))
-    except ServerUnavailable as exc:
-        print(f"error: cannot reach the Kubernetes API server at {kube.host}: {exc}", file=sys.stderr)
-        return 1
-    except Forbidden as exc:
-        print(f"error: forbidden: {exc}", file=sys.stderr)
-        return 1
-    except KubeError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    finally:
-        kube.close()
 
 
 def _read(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
@@ -118,7 +95,7 @@ def run_status(args: argparse.Namespace) -> int:
         print("\n".join(lines))
         return 0
 
-    return _connect(args, body)
+    return with_kube(args, body)
 
 
 def run_reset(args: argparse.Namespace) -> int:
@@ -152,7 +129,7 @@ def run_reset(args: argparse.Namespace) -> int:
         print(f"error: {args.namespace}/{args.name} kept changing; try again", file=sys.stderr)
         return 1
 
-    return _connect(args, body)
+    return with_kube(args, body)
 
 
 def _who() -> str:

@@ -5,7 +5,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from nvsentinel.commands.get import HEALTHEVENT_ALIASES, add_kube_arguments, with_kube
+from nvsentinel.commands._kube import add_kube_arguments, with_kube
+from nvsentinel.commands.get import HEALTHEVENT_ALIASES, _healthevent_not_found
 
 if TYPE_CHECKING:
     from nvsentinel.k8s import Kube
@@ -54,4 +55,4 @@ def run(args: argparse.Namespace) -> int:
         print(display.describe(obj, events, utcnow()))
         return 0
 
-    return with_kube(args, body, name=args.name)
+    return with_kube(args, body, not_found=lambda exc: _healthevent_not_found(exc, args.name))

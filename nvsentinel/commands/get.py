@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nvsentinel import errors
+from nvsentinel.commands._kube import add_kube_arguments, with_kube
 from nvsentinel.commands._output import FORMATS, print_gpus
 
 if TYPE_CHECKING:
-    from nvsentinel.k8s import Kube
+    from nvsentinel.k8s import Kube, KubeNotFound
 
 HEALTHEVENT_ALIASES = ("healthevent", "he", "hevt")
 
@@ -26,15 +26,6 @@ def add_address(parser: argparse.ArgumentParser) -> None:
         "unix:///var/run/device-api/device.sock if present, else 127.0.0.1:50051)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-
-
-def add_kube_arguments(parser: argparse.ArgumentParser) -> None:
-    """The cluster connection flags of every command that reads HealthEvents."""
-    parser.add_argument("--kubeconfig", default=None,
-                        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
-    parser.add_argument("--context", default=None, help="kubeconfig context (default: its current-context)")
-    parser.add_argument("--request-timeout", type=float, default=30.0,
-                        help="seconds per API request (default 30)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,44 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---- HealthEvents ----------------------------------------------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
-def with_kube(args: argparse.Namespace, body: Callable[[Kube], int], *, name: str | None = None) -> int:
-    """Connect with the command's flags, run `body`, and turn every failure into one line + exit 1."""
+def _healthevent_not_found(exc: KubeNotFound, name: str | None) -> str:
     from nvsentinel.healthevent.model import API_VERSION, PLURAL
-    from nvsentinel.k8s import Forbidden, Kube, KubeError, KubeNotFound, ServerUnavailable
 
-    try:
-        kube = Kube.connect(args.kubeconfig, args.context, timeout=args.request_timeout)
-    except FileNotFoundError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the client raises its own ConfigException for a bad kubeconfig
-        print(f"error: cannot load kubeconfig: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    try:
-        return body(kube)
-    except KubeNotFound as exc:
-        # a missing object answers a Status naming it; a missing resource type answers a bare 404
-        if name is not None and (exc.body.get("details") or {}).get("name") == name:
-            print(f'error: healthevent "{name}" not found', file=sys.stderr)
-        else:
-            print(f"error: the server has no {PLURAL} ({API_VERSION}): is the HealthEvent CRD installed?",
-                  file=sys.stderr)
-        return 1
-    except ServerUnavailable as exc:
-        print(f"error: cannot reach the Kubernetes API server at {kube.host}: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except Forbidden as exc:
-        print(f"error: forbidden: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KubeError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    finally:
-        kube.close()
+    # a missing object answers a Status naming it; a missing resource type answers a bare 404
+    if name is not None and (exc.body.get("details") or {}).get("name") == name:
+        return f'healthevent "{name}" not found'
+    return f"the server has no {PLURAL} ({API_VERSION}): is the HealthEvent CRD installed?"
 
 
 def run_healthevents(args: argparse.Namespace) -> int:
@@ -144,4 +104,4 @@ def run_healthevents(args: argparse.Namespace) -> int:
             print(f"No resources found{hint}.", file=sys.stderr)
         return 0
 
-    return with_kube(args, body, name=args.name)
+    return with_kube(args, body, not_found=lambda exc: _healthevent_not_found(exc, args.name))

@@ -13,7 +13,7 @@ import anyio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from nvsentinel.api.http import HttpEndpoint
+from nvsentinel.api.http import HttpEndpoint, probe_routes
 from nvsentinel.controllers.config import ControllersSettings
 from nvsentinel.controllers.runtime.controller import Reconciler
 from nvsentinel.controllers.runtime.leader import LeaderElectionConfig, default_identity
@@ -51,19 +51,13 @@ def build_manager(settings: ControllersSettings, configs: dict[str, Any], kube: 
 async def run(settings: ControllersSettings, configs: dict[str, Any], kube: Kube) -> int:
     mgr = build_manager(settings, configs, kube)
 
-    def _ready() -> tuple[int, str, bytes]:
-        return (200, "text/plain", b"ok\n") if mgr.ready else (503, "text/plain", b"informers not synced\n")
-
-    def _ok() -> tuple[int, str, bytes]:
-        return 200, "text/plain", b"ok\n"
-
     def _metrics() -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(mgr.registry)
 
     endpoints = []
     if settings.health_port:
         endpoints.append(HttpEndpoint(settings.bind_address, settings.health_port,
-                                      {"/healthz": _ok, "/livez": _ok, "/readyz": _ready}))
+                                      probe_routes(lambda: mgr.ready)))
     if settings.metrics_port:
         endpoints.append(HttpEndpoint(settings.bind_address, settings.metrics_port, {"/metrics": _metrics}))
     for ep in endpoints:

@@ -5,8 +5,8 @@ Why not the generated API classes: the controllers work on plain JSON (their mod
 streams with bookmarks, and must put every call behind one rate limiter. The official client still
 does what it is good at: kubeconfig/in-cluster loading, TLS, auth (tokens, exec plugins, certs).
 
-`Kube` is synchronous (thread-safe; the publisher uses it from its thread); `AsyncKube` runs the
-same calls in worker threads for anyio code and waits for rate-limit tokens without a thread.
+`Kube` is synchronous (thread-safe; the publisher uses it from its threads); `AsyncKube` runs the
+same calls in anyio worker threads. Every request, from either, takes a token from one bucket.
 Errors are mapped once, here, to `nvsentinel.k8s.errors`.
 """
 from __future__ import annotations
@@ -250,17 +250,11 @@ class AsyncKube:
     def __init__(self, kube: Kube) -> None:
         self.sync = kube
 
-    async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        delay = self.sync.limiter.reserve()
-        if delay > 0:
-            await anyio.sleep(delay)
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kw))
-
     async def request(self, method: str, path: str, **kw: Any) -> Any:
-        return await self._call(self.sync.raw, method, path, **kw)
+        return await anyio.to_thread.run_sync(lambda: self.sync.request(method, path, **kw))
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return await self._call(self.sync.raw, "GET", res.path(name, namespace))
+        return await anyio.to_thread.run_sync(lambda: self.sync.get(res, name, namespace))
 
     async def list(self, res: Resource, namespace: str | None = None, **kw: Any) -> tuple[list[dict[str, Any]], str]:
         return await anyio.to_thread.run_sync(lambda: self.sync.list(res, namespace, **kw))

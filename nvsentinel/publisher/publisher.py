@@ -28,7 +28,7 @@ from typing import Any, Final
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.api.http import HttpEndpoint
+from nvsentinel.api.http import HttpEndpoint, ThreadedHttp, probe_routes
 from nvsentinel.catalog import Catalog, default_catalog
 from nvsentinel.healthevent.model import utcnow
 from nvsentinel.k8s.errors import AlreadyExists, Forbidden, Invalid, KubeError, KubeNotFound, ServerUnavailable, TooManyRequests
@@ -373,59 +373,14 @@ class Publisher:
             self._last_ok = ok
 
 
-class PublisherHttp:
-    """/healthz, /livez, /readyz on the health port and /metrics on the metrics port (0: off),
-    served by the device API server's HttpEndpoint on an asyncio loop in a background thread."""
+class PublisherHttp(ThreadedHttp):
+    """/healthz, /livez, /readyz on the health port and /metrics on the metrics port (0: off)."""
 
     def __init__(self, host: str, health_port: int, metrics_port: int, ready: Callable[[], bool],
                  metrics: PublisherMetrics) -> None:
-        self._ready = ready
-        self._endpoints: list[HttpEndpoint] = []
+        endpoints = []
         if health_port:
-            self._endpoints.append(HttpEndpoint(host, health_port, {
-                "/healthz": self._alive, "/livez": self._alive, "/readyz": self._readyz}))
+            endpoints.append(HttpEndpoint(host, health_port, probe_routes(ready)))
         if metrics_port:
-            self._endpoints.append(HttpEndpoint(host, metrics_port, {"/metrics": metrics.scrape}))
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="publisher-http", daemon=True)
-
-    @property
-    def ports(self) -> list[int]:
-        return [e.port for e in self._endpoints]
-
-    def start(self) -> None:
-        """Raises OSError when a port cannot be bound."""
-        if not self._endpoints:
-            return
-        self._thread.start()
-        try:
-            for ep in self._endpoints:
-                asyncio.run_coroutine_threadsafe(ep.start(), self._loop).result(10)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            if not self._loop.is_closed():
-                self._loop.close()
-            return
-        for ep in self._endpoints:
-            try:
-                asyncio.run_coroutine_threadsafe(ep.stop(), self._loop).result(10)
-            except (concurrent.futures.TimeoutError, OSError):
-                logger.warning("http endpoint did not close in time", extra={"kv": {"port": ep.port}})
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def _alive(self) -> tuple[int, str, bytes]:
-        return 200, "text/plain", b"ok\n"
-
-    def _readyz(self) -> tuple[int, str, bytes]:
-        try:
-            ready = self._ready()
-        except Exception:  # noqa: BLE001 - a probe must answer
-            ready = False
-        return (200, "text/plain", b"ready\n") if ready else (503, "text/plain", b"not ready\n")
+            endpoints.append(HttpEndpoint(host, metrics_port, {"/metrics": metrics.scrape}))
+        super().__init__(endpoints, name="publisher-http")

@@ -23,6 +23,7 @@ from cluster import ControlPlane
 from kubelet import make_node, make_nodes
 from procs import Daemon, wait_until
 from prometheus_client import CollectorRegistry
+from rbac import service_account_kubeconfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
@@ -37,7 +38,7 @@ from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
 from nvsentinel.healthevent import (  # noqa: E402
     LABEL_NODE, Entity, HealthEvent, HealthEventSpec, Phase, utcnow,
 )
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeConflict  # noqa: E402
+from nvsentinel.k8s import AlreadyExists, AsyncKube, Forbidden, Kube, KubeConflict  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, LEASES, NAMESPACES, NODES  # noqa: E402
 
 TAINT = "nvsentinel.nvidia.com/quarantine"
@@ -60,9 +61,9 @@ def quarantined(kube: Kube, node: str) -> bool:
     return bool(n["spec"].get("unschedulable")) and any(t["key"] == TAINT for t in n["spec"].get("taints") or [])
 
 
-def controllers(cp: ControlPlane, ns: str, *extra: str, name: str = "controllers") -> Daemon:
+def controllers(cp: ControlPlane, ns: str, *extra: str, name: str = "controllers", kubeconfig: str = "") -> Daemon:
     return Daemon("controllers", [
-        "--kubeconfig", cp.kubeconfig, "--namespace", ns, "--health-port", "0", "--metrics-port", "0",
+        "--kubeconfig", kubeconfig or cp.kubeconfig, "--namespace", ns, "--health-port", "0", "--metrics-port", "0",
         "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5", "--identity", name,
         # the tests share one cluster, so other tests' cordoned nodes would count: the breaker has its own tests
         "--breaker-percent", "100", "--breaker-max-nodes", "10000", *extra], name=name).start()
@@ -85,13 +86,13 @@ def sock_dir() -> Iterator[str]:
 class NodeAgent:
     """What the DaemonSet runs on one GPU node: device API server + embedded fake NVML, publisher."""
 
-    def __init__(self, cp: ControlPlane, node: str, sock_dir: str) -> None:
+    def __init__(self, cp: ControlPlane, node: str, sock_dir: str, kubeconfig: str = "") -> None:
         self.node = node
         self.control = os.path.join(sock_dir, "fake-nvml.ctl")
         self.server = SubprocessServer.start(sock_dir, "--enable-nvml-provider", "--fake-nvml",
                                              "--fake-nvml-control", self.control, "--node-name", node)
         self.publisher = Daemon("publisher", [
-            "--address", self.server.unix, "--kubeconfig", cp.kubeconfig, "--node-name", node,
+            "--address", self.server.unix, "--kubeconfig", kubeconfig or cp.kubeconfig, "--node-name", node,
             "--health-port", "0", "--metrics-port", "0", "--log-level", "DEBUG"], name=f"publisher-{node}").start()
         self.fault = FaultInjector(self.control)
 
@@ -299,3 +300,123 @@ async def test_write_conflicts_are_retried_and_nothing_is_lost(kube: Kube, crd_i
     for n, name in zip(nodes, names):
         owner = json.loads(kube.get(NODES, n)["metadata"]["annotations"][OWNER])
         assert owner["events"] == [name], "retried, not done twice"
+
+
+#: What docs/publisher.md and docs/controllers.md say each needs, and nothing more.
+PUBLISHER_RULES = [{"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"], "verbs": ["create"]}]
+CONTROLLER_CLUSTER_RULES = [
+    {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
+]
+CONTROLLER_NAMESPACE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+]
+
+
+def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: ControlPlane, kube: Kube,
+                                                            crd_installed: None, unique: str, sock_dir: str,
+                                                            tmp_path: Path) -> None:
+    ns = f"rbac-{unique}"
+    pub_kc = service_account_kubeconfig(kube, control_plane.kubeconfig, ns, "publisher", PUBLISHER_RULES,
+                                        out=tmp_path / "publisher.kubeconfig")
+    ctl_kc = service_account_kubeconfig(kube, control_plane.kubeconfig, ns, "controllers", CONTROLLER_CLUSTER_RULES,
+                                        CONTROLLER_NAMESPACE_RULES, out=tmp_path / "controllers.kubeconfig")
+    pub_kube = Kube.connect(pub_kc)
+    try:
+        with pytest.raises(Forbidden):
+            pub_kube.list(HEALTHEVENTS)  # create only: the publisher cannot read or change events
+        with pytest.raises(Forbidden):
+            pub_kube.get(NODES, "anything")
+    finally:
+        pub_kube.close()
+    node = f"rbac-node-{unique}"
+    make_node(kube, node)
+    agent = NodeAgent(control_plane, node, sock_dir, kubeconfig=pub_kc)
+    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc)
+    try:
+        ctl.wait_log("leader election: leading")
+        time.sleep(1.0)
+        agent.fault.inject_xid(1, 79)
+        wait_until(lambda: quarantined(kube, node), what="quarantine with least privilege",
+                   daemons=[agent.publisher, ctl])
+        (ev,) = events_for(kube, node)
+        wait_until(lambda: kube.get(HEALTHEVENTS, ev["metadata"]["name"]).get("status", {}).get("phase")
+                   == "Quarantined", what="status written", daemons=[ctl])
+        assert "Forbidden" not in ctl.text() and "forbidden" not in agent.publisher.text()
+    finally:
+        ctl.close()
+        agent.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_controllers_daemon_probes_metrics_and_graceful_stop(control_plane: ControlPlane, kube: Kube,
+                                                             crd_installed: None, unique: str) -> None:
+    ns = f"probes-{unique}"
+    ensure_namespace(kube, ns)
+    node = f"probes-{unique}"
+    make_node(kube, node)
+    hp, mp = _free_port(), _free_port()
+    ctl = Daemon("controllers", [
+        "--kubeconfig", control_plane.kubeconfig, "--namespace", ns, "--health-port", str(hp), "--metrics-port",
+        str(mp), "--identity", "probed", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5",
+        "--breaker-percent", "100", "--breaker-max-nodes", "10000",
+        "--event-selector", f"test-probes={unique}"], name="controllers").start()
+    try:
+        ctl.wait_log("leader election: leading")
+        assert _http(hp, "/healthz") == (200, "ok\n") and _http(hp, "/livez")[0] == 200
+        wait_until(lambda: _http(hp, "/readyz")[0] == 200, what="ready", daemons=[ctl])
+        body = fatal_event(node, f"probes-{unique}").create_body()
+        body["metadata"]["labels"]["test-probes"] = unique
+        kube.create(HEALTHEVENTS, body)
+        wait_until(lambda: quarantined(kube, node), what="cordon", daemons=[ctl])
+        text = wait_until(lambda: (t := _http(mp, "/metrics")[1]) and
+                          'nvsentinel_quarantine_controller_actions_total{action="cordon"} 1.0' in t and t,
+                          what="cordon counted", daemons=[ctl])
+        for needle in ("nvsentinel_controllers_leader 1.0", "nvsentinel_quarantine_controller_latency_seconds_count",
+                       "nvsentinel_quarantine_controller_reconciles_total"):
+            assert needle in str(text), needle
+        assert ctl.terminate() == 0
+        lease = kube.get(LEASES, "nvsentinel-controllers.nvidia.com", ns)
+        assert lease["spec"]["holderIdentity"] in ("", None), "the lease is released on SIGTERM"
+        assert "controllers stopped" in ctl.text() and "Traceback" not in ctl.text()
+    finally:
+        ctl.close()
+
+
+def test_controllers_daemon_start_errors(tmp_path: Path) -> None:
+    import subprocess
+
+    bad = subprocess.run([sys.executable, "-m", "nvsentinel.daemons.controllers", "--workers", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--workers must be 1..256" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "nvsentinel.daemons.controllers", "--controllers", "quarantine,nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown nope" in bad.stderr
+    env = {**os.environ, "CONTROLLERS_WORKERS": "-3"}
+    bad = subprocess.run([sys.executable, "-m", "nvsentinel.daemons.controllers"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert bad.returncode == 2 and "--workers" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "nvsentinel.daemons.controllers", "--kubeconfig",
+                              str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no kubeconfig at" in missing.stderr
