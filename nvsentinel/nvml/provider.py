@@ -214,6 +214,10 @@ class NvmlProvider:
         timeout_ms = self.wait_timeout_ms
         if self._dirty or not self._registered:
             timeout_ms = max(1, min(timeout_ms, int((self._next_server_try - time.monotonic()) * 1000)))
+        if self._lost:
+            # a wait that stops failing is the recovery signal: a quiet GPU that came back must not
+            # sit out a whole wait timeout (or until its next event) before it is re-verified
+            timeout_ms = max(1, min(timeout_ms, int(self._lost_backoff * 1000)))
         try:
             ev = N.nvmlEventSetWait(self._event_set, timeout_ms)
         except N.NVMLError_Timeout:
@@ -227,6 +231,11 @@ class NvmlProvider:
             return
         if self._lost:
             self._reverify()
+            if not self._lost and ev is not None:
+                # The Device API holds the merged state, not a history: written together with this
+                # event, the recovery would never be seen (a publisher would see GpuLost → Xid79,
+                # the fault still open, and publish neither the healthy event nor the new fault).
+                self.sync()
         if ev is not None:
             self._handle_event(ev)
 

@@ -262,6 +262,58 @@ def test_publisher_e2e_fault_dedup_restart_recovery(control_plane, crd_installed
             server.stop()
 
 
+def test_publisher_e2e_lost_gpu_recovers_then_faults_again(control_plane, crd_installed, kube, unique,
+                                                           tmp_path):
+    """Verify a GPU with an open XID 79 that is lost and recovered, then hit by XID 79 again at once,
+    gets its healthy event and then a new XID 79 event (the provider at its default 5 s wait: the
+    new XID is what ends the wait in which the recovery is noticed)."""
+    node = f"pub-relapse-{unique}"
+    with temp_socket_dir() as sock_dir:
+        server = ThreadServer(make_settings(sock_dir)).start()
+        client = DeviceApiClient(server.tcp, timeout=5)
+        control = tmp_path / "fake-nvml.ctl"
+        provider = Daemon("nvml_provider", "--health-port", "0", "--fake-nvml", "--fake-nvml-control", str(control),
+                          "--address", server.tcp)
+        daemons: list[Daemon] = [provider]
+        fault = FaultInjector(control)
+        try:
+            wait_for("8 GPUs registered and healthy",
+                     lambda: all(nvml_state(client, u) == ("True", "NvmlOk") for u in UUIDS)
+                     if len(client.list_gpus()[1]) == 8 else False, daemons, 30)
+            publisher = PublisherDaemon(server.tcp, control_plane.kubeconfig, node)
+            daemons.append(publisher)
+            wait_for("publisher ready", publisher.ready, daemons)
+
+            fault.inject_xid(0, 79)
+            (first,) = wait_for("the first XID 79 event", lambda: events(kube, node), daemons)
+            fault.lose(0)
+            wait_for("8 GpuLost events", lambda: len([e for e in events(kube, node)
+                                                       if e.spec.metadata.get("reason") == "GpuLost"]) == 8, daemons)
+            # event names carry the transition second: the next XID 79 must not share the first one's
+            wait_for("a later second", lambda: time.time() >= first.spec.detected_at.timestamp() + 1, daemons)
+            fault.recover(0)
+            fault.inject_xid(0, 79)
+
+            def relapsed() -> list[HealthEvent]:
+                mine = of_gpu(events(kube, node), UUIDS[0])
+                return mine if len(mine) == 4 else []
+
+            mine = wait_for("GPU 0 healthy, then XID 79 again", relapsed, daemons)
+            assert [(e.spec.is_healthy, e.spec.metadata["reason"]) for e in mine] == [
+                (False, "Xid79"), (False, "GpuLost"), (True, "Recovered"), (False, "Xid79")]
+            assert mine[3].name != first.name and mine[3].spec.error_codes == ("79",)
+            assert mine[2].spec.error_codes == ("79",) and mine[2].spec.detected_at <= mine[3].spec.detected_at
+            wait_for("7 more healthy events", lambda: len([e for e in events(kube, node) if e.spec.is_healthy]) == 8,
+                     daemons)
+            assert nvml_state(client, UUIDS[0]) == ("False", "Xid79")
+            assert publisher.terminate() == 0
+        finally:
+            for d in daemons:
+                d.close()
+            client.close()
+            server.stop()
+
+
 class Gate:
     """A TCP forwarder to the API server that can be shut (connections refused) and opened: the
     API server seen from the publisher goes away and comes back on the same address."""
