@@ -90,3 +90,17 @@ def wait_until(pred: Callable[[], object], timeout: float = 30.0, what: str = "c
         time.sleep(interval)
     logs = "\n".join(f"--- {d.name}\n{d.text()[-3000:]}" for d in daemons)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:port/path; (0, "") when nothing listens."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""

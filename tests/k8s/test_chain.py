@@ -19,9 +19,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from cluster import ControlPlane
+from cluster import ControlPlane, free_port
 from kubelet import make_node, make_nodes
-from procs import Daemon, wait_until
+from procs import Daemon, http_get, wait_until
 from prometheus_client import CollectorRegistry
 from rbac import service_account_kubeconfig
 
@@ -351,32 +351,13 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
         agent.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_controllers_daemon_probes_metrics_and_graceful_stop(control_plane: ControlPlane, kube: Kube,
                                                              crd_installed: None, unique: str) -> None:
     ns = f"probes-{unique}"
     ensure_namespace(kube, ns)
     node = f"probes-{unique}"
     make_node(kube, node)
-    hp, mp = _free_port(), _free_port()
+    hp, mp = free_port(), free_port()
     ctl = Daemon("controllers", [
         "--kubeconfig", control_plane.kubeconfig, "--namespace", ns, "--health-port", str(hp), "--metrics-port",
         str(mp), "--identity", "probed", "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5",
@@ -384,13 +365,13 @@ def test_controllers_daemon_probes_metrics_and_graceful_stop(control_plane: Cont
         "--event-selector", f"test-probes={unique}"], name="controllers").start()
     try:
         ctl.wait_log("leader election: leading")
-        assert _http(hp, "/healthz") == (200, "ok\n") and _http(hp, "/livez")[0] == 200
-        wait_until(lambda: _http(hp, "/readyz")[0] == 200, what="ready", daemons=[ctl])
+        assert http_get(hp, "/healthz") == (200, "ok\n") and http_get(hp, "/livez")[0] == 200
+        wait_until(lambda: http_get(hp, "/readyz")[0] == 200, what="ready", daemons=[ctl])
         body = fatal_event(node, f"probes-{unique}").create_body()
         body["metadata"]["labels"]["test-probes"] = unique
         kube.create(HEALTHEVENTS, body)
         wait_until(lambda: quarantined(kube, node), what="cordon", daemons=[ctl])
-        text = wait_until(lambda: (t := _http(mp, "/metrics")[1]) and
+        text = wait_until(lambda: (t := http_get(mp, "/metrics")[1]) and
                           'nvsentinel_quarantine_controller_actions_total{action="cordon"} 1.0' in t and t,
                           what="cordon counted", daemons=[ctl])
         for needle in ("nvsentinel_controllers_leader 1.0", "nvsentinel_quarantine_controller_latency_seconds_count",

@@ -13,8 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,9 @@ sys.path.insert(0, str(TESTS / "api"))
 sys.path.insert(0, str(TESTS / "nvml"))
 
 from apiserver import ThreadServer, make_settings, temp_socket_dir  # noqa: E402
+from cluster import free_port  # noqa: E402
 from nvml_fake_helpers import UUIDS, clean_env  # noqa: E402
+from procs import http_get  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
@@ -39,25 +39,14 @@ from nvsentinel.nvml.logic import Finding, GpuView, merge_status  # noqa: E402
 DEBOUNCE = 0.5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
+    return http_get(port, path, timeout=2)[0]
 
 
 def http_text(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return r.read().decode()
+    status, body = http_get(port, path)
+    assert status == 200, (port, path, status)
+    return body
 
 
 class Daemon:
