@@ -82,3 +82,12 @@ def test_kubernetes_client_is_used_only_through_nvsentinel_k8s():
     """Verify only nvsentinel/k8s imports the `kubernetes` package, so errors are mapped in one place."""
     users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if "kubernetes" in imported_roots(p))
     assert users == ["k8s/kube.py"], users
+
+
+def test_every_source_directory_is_an_installed_package():
+    """Verify each directory of .py files under nvsentinel/ and daemons/ has an __init__.py: without
+    one, setuptools' find_packages leaves it out of the wheel and only an editable install works."""
+    for top in (ROOT / "nvsentinel", ROOT / "daemons"):
+        for d in [top, *(p for p in top.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+            if any(d.glob("*.py")):
+                assert (d / "__init__.py").exists(), f"{d} has modules but no __init__.py"
