@@ -20,6 +20,10 @@ import pytest
 
 from nvsentinel import benchmarks
 
+# Child Pythons the benches start (daemons, servers) must import the installed package, never the
+# source tree in the working directory (as tests/conftest.py does for the tests).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 #: Rounds of a case whose batch needs fresh state (delivery): each round is one full run.
 SETUP_ROUNDS = 3
 

@@ -15,7 +15,9 @@ class Daemon:
                  name: str | None = None) -> None:
         self.name = name or module
         self.cmd = [sys.executable, "-m", f"nvsentinel.daemons.{module}", *args]
-        self.env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}
+        # PYTHONSAFEPATH: the child imports the installed package, never the source tree in the cwd
+        # (which lacks the compiled modules and the daemons/ → nvsentinel.daemons mapping)
+        self.env = {**(env or os.environ), "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._pump: threading.Thread | None = None
