@@ -62,7 +62,8 @@ def test_package_root_import_is_cheap():
 #: Pure decision modules of the cluster side: no I/O libraries, no client, no event loop. They are
 #: unit- and property-tested on plain values; the controllers and daemons do the I/O around them.
 PURE_DECISIONS = ["healthevent/model.py", "healthevent/display.py", "publisher/logic.py",
-                  "controllers/quarantine/logic.py", "controllers/quarantine/breaker.py"]
+                  "controllers/quarantine/logic.py", "controllers/quarantine/breaker.py",
+                  "controllers/resolution/logic.py", "controllers/ttl/policy.py"]
 FORBIDDEN_IN_DECISIONS = {"grpc", "kubernetes", "pynvml", "anyio", "urllib3", "threading", "asyncio", "socket"}
 
 

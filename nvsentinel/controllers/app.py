@@ -26,12 +26,32 @@ __all__ = ["build_reconcilers", "build_manager", "run"]
 
 
 def build_reconcilers(settings: ControllersSettings, configs: dict[str, Any]) -> list[Reconciler]:
+    """One reconciler per `--controllers` entry, in chain order.
+
+    The quarantine settings' `--taint-key`, `--node-selector` and `--event-selector` apply to the
+    whole chain: resolution must remove the taint quarantine put, on the same nodes and events.
+    """
+    from nvsentinel.controllers.quarantine.config import QuarantineConfig
+
+    q: QuarantineConfig = configs["quarantine"]
     out: list[Reconciler] = []
     for name in settings.controllers:
         if name == "quarantine":
             from nvsentinel.controllers.quarantine.controller import QuarantineController
 
-            out.append(QuarantineController(configs["quarantine"]))
+            out.append(QuarantineController(q))
+        elif name == "resolution":
+            from nvsentinel.controllers.resolution.config import ResolutionConfig
+            from nvsentinel.controllers.resolution.controller import ResolutionController
+
+            out.append(ResolutionController(ResolutionConfig(
+                taint_key=q.taint_key, node_selector=q.node_selector, event_selector=q.event_selector)))
+        elif name == "ttl":
+            from nvsentinel.controllers.ttl.config import TTLConfig
+            from nvsentinel.controllers.ttl.controller import TTLController
+
+            out.append(TTLController(TTLConfig(policy_configmap=settings.policy_configmap,
+                                               event_selector=q.event_selector)))
     return out
 
 

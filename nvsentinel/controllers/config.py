@@ -12,8 +12,9 @@ from nvsentinel.controllers.runtime.leader import DEFAULT_LEASE_NAME
 from nvsentinel.settings import setting
 
 ENV_PREFIX = "CONTROLLERS_"
-#: Controllers this build knows, in chain order. Later issues append drain, remediation, resolution, ttl.
-KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine",)
+#: Controllers this build knows, in chain order. Drain and remediation (issue 7) go between
+#: quarantine and resolution.
+KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine", "resolution", "ttl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,8 @@ class ControllersSettings:
                              help="the controllers' namespace: Lease, breaker ConfigMap", metavar="NS")
     controllers: tuple[str, ...] = setting(KNOWN_CONTROLLERS, help="comma-separated controllers to run",
                                            metavar="NAMES")
+    policy_configmap: str = setting("nvsentinel-policy", help="the TTL policy ConfigMap (`<release>-policy`) in "
+                                    "--namespace; missing: the defaults (docs/ttl.md)", metavar="NAME")
     dry_run: bool = setting(False, help="decide and record every decision in the HealthEvent status, change "
                             "no Node or Pod")
     workers: int = setting(4, help="concurrent reconciles per controller")
@@ -53,6 +56,8 @@ class ControllersSettings:
                              f"known: {','.join(KNOWN_CONTROLLERS)}")
         if not self.namespace:
             raise ValueError("--namespace must not be empty")
+        if not self.policy_configmap:
+            raise ValueError("--policy-configmap must not be empty")
         if not 1 <= self.workers <= 256:
             raise ValueError(f"--workers must be 1..256, got {self.workers}")
         if self.leader_elect and not 0 < self.retry_period < self.renew_deadline < self.lease_duration:

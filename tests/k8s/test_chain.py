@@ -305,7 +305,8 @@ async def test_write_conflicts_are_retried_and_nothing_is_lost(kube: Kube, crd_i
 #: What docs/publisher.md and docs/controllers.md say each needs, and nothing more.
 PUBLISHER_RULES = [{"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"], "verbs": ["create"]}]
 CONTROLLER_CLUSTER_RULES = [
-    {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"],
+     "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},

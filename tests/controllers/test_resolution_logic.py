@@ -1,0 +1,155 @@
+"""Resolution decisions (pure): which healthy event answers which fault, and how a node is released."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from nvsentinel.controllers.quarantine.logic import ANNOTATION, Ownership
+from nvsentinel.controllers.resolution import logic
+from nvsentinel.controllers.resolution.config import ResolutionConfig
+from nvsentinel.healthevent.model import (
+    Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Phase,
+)
+
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+CFG = ResolutionConfig()
+OUR_TAINT = {"key": "nvsentinel.nvidia.com/quarantine", "value": "true", "effect": "NoSchedule"}
+DEDICATED = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+
+
+def event(name: str, *, gpus: tuple[str, ...] = ("GPU-a",), healthy: bool = False, at: int = 0,
+          phase: Phase = Phase.QUARANTINED, node: str = "n1") -> HealthEvent:
+    spec = HealthEventSpec(source="test", node_name=node, component_class="GPU", check_name="xid-error-check",
+                           is_fatal=not healthy, is_healthy=healthy, detected_at=T0 + dt.timedelta(seconds=at),
+                           entities_impacted=tuple(Entity("GPU", g) for g in gpus) + (Entity("PCI", "0000:01"),))
+    return HealthEvent(name=name, spec=spec, status=HealthEventStatus(phase=phase), generation=2,
+                       resource_version="9")
+
+
+def node(*, by_us: bool | None = True, unschedulable: bool = True, taints: list | None = None,
+         annotation: str | None = None) -> dict:
+    meta: dict = {"name": "n1", "resourceVersion": "123", "annotations": {"other": "x"}}
+    if by_us is not None:
+        meta["annotations"][ANNOTATION] = Ownership(("f1",), T0, by_us).to_json()
+    if annotation is not None:
+        meta["annotations"][ANNOTATION] = annotation
+    spec: dict = {"taints": [DEDICATED, OUR_TAINT] if taints is None else taints}
+    if unschedulable:
+        spec["unschedulable"] = True
+    return {"metadata": meta, "spec": spec}
+
+
+# ---- which events a healthy event resolves -------------------------------------------------------------
+
+@pytest.mark.parametrize(("fatal", "healthy", "expected"), [
+    (event("f"), event("h", healthy=True, at=1), True),
+    (event("f"), event("h", healthy=True, at=0), True),                       # same instant: not after
+    (event("f", at=5), event("h", healthy=True, at=1), False),                # fault newer than the recovery
+    (event("f"), event("h", healthy=True, at=1, gpus=("GPU-b",)), False),     # another GPU
+    (event("f", gpus=("GPU-a", "GPU-b")), event("h", healthy=True, at=1, gpus=("GPU-b",)), True),
+    (event("f"), event("h", healthy=True, at=1, gpus=()), True),              # no GPU entity: the whole node
+    (event("f", gpus=()), event("h", healthy=True, at=1), False),             # a GPU recovery; fault names none
+    (event("f"), event("h", healthy=True, at=1, node="n2"), False),           # another node
+    (event("f"), event("h2", at=1), False),                                   # not healthy
+])
+def test_answers(fatal: HealthEvent, healthy: HealthEvent, expected: bool) -> None:
+    assert logic.answers(healthy, fatal) is expected
+
+
+def test_plan_resolves_only_open_fatal_events_of_the_named_gpu() -> None:
+    evs = [event("f-a"), event("f-b", gpus=("GPU-b",)), event("f-done", phase=Phase.RESOLVED),
+           event("f-cancel", phase=Phase.CANCELLED), event("f-new", phase=Phase.NEW),
+           event("h-a2", healthy=True, at=9), event("h-a1", healthy=True, at=3)]
+    plan = logic.plan_resolutions(evs)
+    assert [(r.fatal.name, r.healthy.name) for r in plan] == [("f-a", "h-a1"), ("f-new", "h-a1")]
+
+
+def test_plan_is_empty_without_healthy_events_and_ignores_healthy_ones_as_faults() -> None:
+    assert logic.plan_resolutions([event("f-a"), event("f-b")]) == []
+    assert logic.plan_resolutions([event("h", healthy=True, phase=Phase.NEW)]) == []
+
+
+def test_resolved_status_records_the_healthy_event() -> None:
+    res = logic.plan_resolutions([event("f"), event("h", healthy=True, at=1)])[0]
+    st = logic.resolved_status(res, T0)
+    assert st.phase is Phase.RESOLVED and st.resolved_at == T0 and st.observed_generation == 2
+    c = st.condition(ConditionType.RESOLVED)
+    assert (c.status, c.reason, c.observed_generation) == ("True", "HealthyEventReceived", 2)
+    assert "healthy HealthEvent h" in c.message and "GPU-a" in c.message and logic.ACTOR in c.message
+    # idempotent: applying it again to the resolved event changes nothing, time included
+    again = logic.resolved_status(logic.Resolution(
+        HealthEvent(name="f", spec=res.fatal.spec, status=st, generation=2), res.healthy), T0 + dt.timedelta(hours=1))
+    assert again == st
+    assert '""' not in json.dumps(st.to_dict()), "1.20 rejects empty strings in a custom resource"
+
+
+def test_resolved_status_dry_run_keeps_the_phase() -> None:
+    res = logic.plan_resolutions([event("f"), event("h", healthy=True, at=1)])[0]
+    st = logic.resolved_status(res, T0, dry_run=True)
+    c = st.condition(ConditionType.RESOLVED)
+    assert st.phase is Phase.QUARANTINED and st.resolved_at is None
+    assert (c.status, c.reason) == ("False", "DryRunHealthyEventReceived") and c.message.startswith("dry-run:")
+
+
+# ---- releasing the node -----------------------------------------------------------------------------------
+
+def test_release_of_our_cordon_uncordons_untaints_and_drops_the_record() -> None:
+    rel = logic.plan_release(node(), 0, CFG)
+    assert rel is not None and (rel.reason, rel.action) == ("Uncordoned", "uncordon")
+    assert rel.patch == {"metadata": {"annotations": {ANNOTATION: None}, "resourceVersion": "123"},
+                         "spec": {"taints": [DEDICATED], "unschedulable": False}}
+
+
+def test_release_of_someone_elses_cordon_keeps_the_cordon() -> None:
+    rel = logic.plan_release(node(by_us=False), 0, CFG)
+    assert rel is not None and (rel.reason, rel.action) == ("TaintRemoved", "remove-taint")
+    assert rel.patch["spec"] == {"taints": [DEDICATED]} and "unschedulable" not in rel.patch["spec"]
+    assert rel.patch["metadata"]["annotations"] == {ANNOTATION: None}
+    assert "left cordoned" in rel.message
+
+
+def test_release_after_operator_uncordon_only_cleans_up() -> None:
+    rel = logic.plan_release(node(unschedulable=False, taints=[OUR_TAINT]), 0, CFG)
+    assert rel is not None and rel.reason == "TaintRemoved"
+    assert rel.patch["spec"] == {"taints": []}
+
+
+@pytest.mark.parametrize("kw", [{"by_us": None}, {"by_us": None, "annotation": "not json"}])
+def test_no_release_without_our_record(kw: dict) -> None:
+    assert logic.plan_release(node(**kw), 0, CFG) is None
+
+
+def test_no_release_while_faults_are_open() -> None:
+    assert logic.plan_release(node(), 1, CFG) is None
+
+
+@pytest.mark.parametrize(("kw", "open_fatal", "expected"), [
+    ({"unschedulable": False}, 1, True),
+    ({"unschedulable": False}, 0, False),            # nothing open: a release, not an override
+    ({"unschedulable": True}, 1, False),             # still cordoned
+    ({"unschedulable": False, "by_us": False}, 1, False),  # not our cordon to miss
+    ({"unschedulable": False, "by_us": None}, 1, False),
+])
+def test_operator_uncordon(kw: dict, open_fatal: int, expected: bool) -> None:
+    assert logic.operator_uncordoned(node(**kw), open_fatal) is expected
+
+
+def test_operator_uncordon_status_keeps_phase_and_transition_time() -> None:
+    ev = event("f")
+    st = logic.operator_uncordon_status(ev, "n1", T0)
+    c = st.condition(ConditionType.NODE_QUARANTINED)
+    assert st.phase is Phase.QUARANTINED and (c.status, c.reason) == ("False", "UncordonedByOperator")
+    ev2 = HealthEvent(name="f", spec=ev.spec, status=st, generation=2)
+    assert logic.operator_uncordon_status(ev2, "n1", T0 + dt.timedelta(minutes=5)) == st
+    prior = HealthEventStatus(phase=Phase.QUARANTINED, conditions=(Condition(
+        ConditionType.NODE_QUARANTINED, "True", "Cordoned", "x", T0 - dt.timedelta(hours=1), 1),))
+    st3 = logic.operator_uncordon_status(HealthEvent(name="f", spec=ev.spec, status=prior, generation=2), "n1", T0)
+    assert st3.condition(ConditionType.NODE_QUARANTINED).last_transition_time == T0
+
+
+def test_config_rejects_an_empty_taint_key() -> None:
+    ResolutionConfig().validate()
+    with pytest.raises(ValueError, match="taint-key"):
+        ResolutionConfig(taint_key="").validate()

@@ -1,0 +1,248 @@
+"""The resolution controller on a real kube-apiserver (v1.20.2), run with the quarantine controller in one Manager.
+
+Each test labels its Nodes and HealthEvents with a unique value and gives both controllers matching
+selectors, so objects of other tests sharing the cluster are invisible to them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from kubelet import delete_nodes, make_node
+from prometheus_client import CollectorRegistry
+
+from nvsentinel.controllers.quarantine.config import QuarantineConfig
+from nvsentinel.controllers.quarantine.controller import QuarantineController
+from nvsentinel.controllers.quarantine.logic import ANNOTATION
+from nvsentinel.controllers.resolution.config import ResolutionConfig
+from nvsentinel.controllers.resolution.controller import ResolutionController
+from nvsentinel.controllers.runtime.manager import Manager
+from nvsentinel.healthevent.model import Entity, HealthEvent, HealthEventSpec, utcnow
+from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, NODES
+
+pytestmark = pytest.mark.anyio
+
+LABEL = "nvsentinel-test/resolution"
+OUR_TAINT = {"key": "nvsentinel.nvidia.com/quarantine", "value": "true", "effect": "NoSchedule"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Env:
+    """One test's world: its label, namespace and objects (deleted afterwards)."""
+
+    def __init__(self, control_plane: Any, unique: str) -> None:
+        self.unique = unique
+        self.ns = f"r-{unique}"
+        self.kube: Kube = control_plane.kube(qps=0)
+        self.nodes: list[str] = []
+        self.events: list[str] = []
+        with contextlib.suppress(AlreadyExists):
+            self.kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}})
+
+    def node(self, name: str, **kw: Any) -> dict:
+        self.nodes.append(name)
+        return make_node(self.kube, name, labels={LABEL: self.unique}, **kw)
+
+    def event(self, name: str, node: str, gpu: str, *, healthy: bool = False) -> dict:
+        spec = HealthEventSpec(source="test", node_name=node, component_class="GPU", check_name="xid-error-check",
+                               is_fatal=not healthy, is_healthy=healthy, detected_at=utcnow(),
+                               error_codes=() if healthy else ("79",), entities_impacted=(Entity("GPU", gpu),),
+                               # non-empty: the 1.20 test server reads "" in a custom resource as null
+                               agent="test", message="recovered" if healthy else "Xid 79")
+        self.events.append(name)
+        return self.kube.create(HEALTHEVENTS, HealthEvent(name=name, spec=spec,
+                                                          labels={LABEL: self.unique}).create_body())
+
+    def get_event(self, name: str) -> dict:
+        return self.kube.get(HEALTHEVENTS, name)
+
+    def get_node(self, name: str) -> dict:
+        return self.kube.get(NODES, name)
+
+    def close(self) -> None:
+        for name in self.events:
+            with contextlib.suppress(KubeNotFound):
+                self.kube.delete(HEALTHEVENTS, name)
+        delete_nodes(self.kube, self.nodes)
+        with contextlib.suppress(KubeNotFound):
+            self.kube.delete(NAMESPACES, self.ns)
+        self.kube.close()
+
+
+@pytest.fixture
+def env(control_plane, crd_installed, unique) -> Iterator[Env]:
+    e = Env(control_plane, unique)
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+@contextlib.asynccontextmanager
+async def running(env: Env, *, dry_run: bool = False) -> AsyncIterator[CollectorRegistry]:
+    sel = f"{LABEL}={env.unique}"
+    registry = CollectorRegistry()
+    recs = [QuarantineController(QuarantineConfig(node_selector=sel, event_selector=sel, breaker_percent=100)),
+            ResolutionController(ResolutionConfig(node_selector=sel, event_selector=sel))]
+    mgr = Manager(AsyncKube(env.kube), recs, namespace=env.ns, dry_run=dry_run, workers=2, registry=registry)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mgr.run)
+        with anyio.fail_after(30):
+            await mgr.wait_ready()
+        try:
+            yield registry
+        finally:
+            mgr.stop()
+
+
+async def eventually(fn: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `fn` (blocking; run in a thread) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await anyio.to_thread.run_sync(fn)
+        if last:
+            return last
+        await anyio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def phase(obj: dict) -> str:
+    return (obj.get("status") or {}).get("phase") or "New"
+
+
+def condition(obj: dict, type_: str) -> dict | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == type_), None)
+
+
+def ownership(node: dict) -> dict | None:
+    text = (node["metadata"].get("annotations") or {}).get(ANNOTATION)
+    return json.loads(text) if text else None
+
+
+def node_event_reasons(kube: Kube, name: str) -> set[str]:
+    items, _ = kube.list(EVENTS, "default", field_selector=f"involvedObject.name={name}")
+    return {e["reason"] for e in items}
+
+
+def action(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value("nvsentinel_resolution_controller_actions_total", {"action": name}) or 0.0
+
+
+async def test_healthy_event_resolves_the_fault_and_releases_the_node(env: Env) -> None:
+    """Verify fatal → quarantined → healthy for the same GPU → Resolved, node uncordoned and untainted."""
+    node_name, fatal, healthy = f"r-n-{env.unique}", f"r-fatal-{env.unique}", f"r-healthy-{env.unique}"
+    env.node(node_name)
+    async with running(env) as registry:
+        env.event(fatal, node_name, "GPU-a")
+        await eventually(lambda: env.get_node(node_name)["spec"].get("unschedulable"), what="cordoned")
+        await eventually(lambda: phase(env.get_event(fatal)) == "Quarantined", what="Quarantined")
+        env.event(healthy, node_name, "GPU-a", healthy=True)
+        obj = await eventually(lambda: (o := env.get_event(fatal)) and phase(o) == "Resolved" and o, what="Resolved")
+        res = condition(obj, "Resolved")
+        assert (res["status"], res["reason"]) == ("True", "HealthyEventReceived")
+        assert healthy in res["message"] and res["observedGeneration"] == obj["metadata"]["generation"]
+        assert obj["status"]["resolvedAt"] and res["lastTransitionTime"]
+        node = await eventually(lambda: (n := env.get_node(node_name)) and ownership(n) is None and n,
+                                what="annotation removed")
+        assert not node["spec"].get("unschedulable")
+        assert OUR_TAINT not in (node["spec"].get("taints") or [])
+        await eventually(lambda: "Uncordoned" in node_event_reasons(env.kube, node_name), what="Uncordoned Event")
+        await eventually(lambda: action(registry, "resolve") == 1 and action(registry, "uncordon") == 1,
+                         what="metrics")
+        assert action(registry, "remove-taint") == 0
+
+
+async def test_someone_elses_cordon_is_kept(env: Env) -> None:
+    """Verify a node cordoned by someone else loses only our taint and record when its fault is resolved."""
+    node_name, fatal, healthy = f"r-t-{env.unique}", f"r-tf-{env.unique}", f"r-th-{env.unique}"
+    env.node(node_name, unschedulable=True)
+    async with running(env) as registry:
+        env.event(fatal, node_name, "GPU-a")
+        await eventually(lambda: (o := ownership(env.get_node(node_name))) and o["cordonedByUs"] is False,
+                         what="quarantined, not owned")
+        await eventually(lambda: phase(env.get_event(fatal)) == "Quarantined", what="Quarantined")
+        env.event(healthy, node_name, "GPU-a", healthy=True)
+        await eventually(lambda: phase(env.get_event(fatal)) == "Resolved", what="Resolved")
+        node = await eventually(lambda: (n := env.get_node(node_name)) and ownership(n) is None and n,
+                                what="annotation removed")
+        assert node["spec"]["unschedulable"] is True
+        assert OUR_TAINT not in (node["spec"].get("taints") or [])
+        await eventually(lambda: "TaintRemoved" in node_event_reasons(env.kube, node_name), what="TaintRemoved Event")
+        await eventually(lambda: action(registry, "remove-taint") == 1, what="metric")
+        assert action(registry, "uncordon") == 0
+
+
+async def test_node_stays_cordoned_until_every_gpu_is_healthy(env: Env) -> None:
+    """Verify a healthy event for one GPU resolves only its fault; the node is released after the second GPU's."""
+    node_name = f"r-2-{env.unique}"
+    fa, fb, ha, hb = (f"r-{x}-{env.unique}" for x in ("fa", "fb", "ha", "hb"))
+    env.node(node_name)
+    async with running(env) as _registry:
+        env.event(fa, node_name, "GPU-a")
+        env.event(fb, node_name, "GPU-b")
+        await eventually(lambda: (o := ownership(env.get_node(node_name))) and sorted(o["events"]) == sorted([fa, fb]),
+                         what="both quarantined")
+        await eventually(lambda: phase(env.get_event(fb)) == "Quarantined", what="fb Quarantined")
+        env.event(ha, node_name, "GPU-a", healthy=True)
+        await eventually(lambda: phase(env.get_event(fa)) == "Resolved", what="fa Resolved")
+        await anyio.sleep(1.0)  # give a wrong release the time to happen
+        assert phase(env.get_event(fb)) == "Quarantined"
+        node = env.get_node(node_name)
+        assert node["spec"]["unschedulable"] is True and OUR_TAINT in node["spec"]["taints"] and ownership(node)
+        env.event(hb, node_name, "GPU-b", healthy=True)
+        await eventually(lambda: phase(env.get_event(fb)) == "Resolved", what="fb Resolved")
+        node = await eventually(lambda: (n := env.get_node(node_name)) and ownership(n) is None and n,
+                                what="released")
+        assert not node["spec"].get("unschedulable") and OUR_TAINT not in (node["spec"].get("taints") or [])
+
+
+async def test_operator_uncordon_is_recorded_not_fought(env: Env) -> None:
+    """Verify an operator's uncordon with the fault open marks it UncordonedByOperator and stays schedulable."""
+    node_name, fatal = f"r-op-{env.unique}", f"r-opf-{env.unique}"
+    env.node(node_name)
+    async with running(env) as registry:
+        env.event(fatal, node_name, "GPU-a")
+        await eventually(lambda: phase(env.get_event(fatal)) == "Quarantined", what="Quarantined")
+        env.kube.patch(NODES, node_name, {"spec": {"unschedulable": False}})
+        obj = await eventually(lambda: (o := env.get_event(fatal)) and (c := condition(o, "NodeQuarantined"))
+                               and c["reason"] == "UncordonedByOperator" and o, what="UncordonedByOperator")
+        assert condition(obj, "NodeQuarantined")["status"] == "False" and phase(obj) == "Quarantined"
+        await eventually(lambda: action(registry, "operator-uncordon") == 1, what="metric")
+        await anyio.sleep(1.0)
+        node = env.get_node(node_name)
+        assert not node["spec"].get("unschedulable") and ownership(node) is not None
+        assert action(registry, "operator-uncordon") == 1, "recorded once, not on every reconcile"
+
+
+async def test_dry_run_records_and_leaves_the_node(env: Env) -> None:
+    """Verify dry-run writes the would-be resolution and leaves the node cordoned (a pre-quarantined node)."""
+    node_name, fatal, healthy = f"r-d-{env.unique}", f"r-df-{env.unique}", f"r-dh-{env.unique}"
+    env.node(node_name)
+    env.event(fatal, node_name, "GPU-a")
+    async with running(env) as _:
+        await eventually(lambda: phase(env.get_event(fatal)) == "Quarantined", what="Quarantined")
+    rv = env.get_node(node_name)["metadata"]["resourceVersion"]
+    env.event(healthy, node_name, "GPU-a", healthy=True)
+    async with running(env, dry_run=True) as registry:
+        obj = await eventually(lambda: (o := env.get_event(fatal)) and condition(o, "Resolved") and o,
+                               what="dry-run decision")
+        res = condition(obj, "Resolved")
+        assert (res["status"], res["reason"]) == ("False", "DryRunHealthyEventReceived")
+        assert phase(obj) == "Quarantined"
+        await eventually(lambda: action(registry, "dry-run-uncordon") == 1, what="dry-run metric")
+        await anyio.sleep(0.5)
+        assert action(registry, "dry-run-uncordon") == 1
+    node = env.get_node(node_name)
+    assert node["metadata"]["resourceVersion"] == rv and node["spec"]["unschedulable"] is True
