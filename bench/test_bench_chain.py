@@ -117,7 +117,7 @@ def plane() -> Iterator[ControlPlane]:
 @pytest.fixture(scope="module")
 def controllers(plane: ControlPlane) -> Iterator[Daemon]:
     d = Daemon("controllers", [
-        "--kubeconfig", plane.kubeconfig, "--namespace", "bench", "--no-leader-elect", "--health-port", "0",
+        "--kubeconfig", plane.kubeconfig, "--namespace", "bench", "--no-leader-elect", "--controllers", "quarantine", "--health-port", "0",
         "--metrics-port", "0", "--breaker-percent", "100", "--breaker-max-nodes", "100000", "--kube-qps", "0"],
         name="controllers").start()
     try:

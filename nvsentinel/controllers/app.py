@@ -5,6 +5,7 @@ Health: /healthz and /livez 200 while the process runs; /readyz 200 once the inf
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from typing import Any
@@ -40,6 +41,11 @@ def build_reconcilers(settings: ControllersSettings, configs: dict[str, Any]) ->
             from nvsentinel.controllers.quarantine.controller import QuarantineController
 
             out.append(QuarantineController(q))
+        elif name == "drain":
+            from nvsentinel.controllers.drain import DrainController
+
+            out.append(DrainController(dataclasses.replace(
+                configs["drain"], node_selector=q.node_selector, event_selector=q.event_selector)))
         elif name == "resolution":
             from nvsentinel.controllers.resolution.config import ResolutionConfig
             from nvsentinel.controllers.resolution.controller import ResolutionController

@@ -12,9 +12,9 @@ from nvsentinel.controllers.runtime.leader import DEFAULT_LEASE_NAME
 from nvsentinel.settings import setting
 
 ENV_PREFIX = "CONTROLLERS_"
-#: Controllers this build knows, in chain order. Drain and remediation (issue 7) go between
-#: quarantine and resolution.
-KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine", "resolution", "ttl")
+#: Controllers this build knows, in chain order. Remediation (issue 7) goes between drain and
+#: resolution.
+KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine", "drain", "resolution", "ttl")
 
 
 @dataclasses.dataclass(frozen=True)

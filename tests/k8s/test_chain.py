@@ -61,8 +61,12 @@ def quarantined(kube: Kube, node: str) -> bool:
     return bool(n["spec"].get("unschedulable")) and any(t["key"] == TAINT for t in n["spec"].get("taints") or [])
 
 
-def controllers(cp: ControlPlane, ns: str, *extra: str, name: str = "controllers", kubeconfig: str = "") -> Daemon:
+def controllers(cp: ControlPlane, ns: str, *extra: str, name: str = "controllers", kubeconfig: str = "",
+                chain: str = "quarantine") -> Daemon:
+    """`nvsentinel controllers`; these tests are about quarantine, so by default only it runs (with
+    the whole chain, drain would move the events on from Quarantined)."""
     return Daemon("controllers", [
+        "--controllers", chain,
         "--kubeconfig", kubeconfig or cp.kubeconfig, "--namespace", ns, "--health-port", "0", "--metrics-port", "0",
         "--lease-duration", "4", "--renew-deadline", "3", "--retry-period", "0.5", "--identity", name,
         # the tests share one cluster, so other tests' cordoned nodes would count: the breaker has its own tests
@@ -309,6 +313,8 @@ CONTROLLER_CLUSTER_RULES = [
      "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
 ]
 CONTROLLER_NAMESPACE_RULES = [
@@ -336,7 +342,7 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
     node = f"rbac-node-{unique}"
     make_node(kube, node)
     agent = NodeAgent(control_plane, node, sock_dir, kubeconfig=pub_kc)
-    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc)
+    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc, chain="quarantine,drain,resolution,ttl")
     try:
         ctl.wait_log("leader election: leading")
         time.sleep(1.0)
@@ -345,7 +351,7 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
                    daemons=[agent.publisher, ctl])
         (ev,) = events_for(kube, node)
         wait_until(lambda: kube.get(HEALTHEVENTS, ev["metadata"]["name"]).get("status", {}).get("phase")
-                   == "Quarantined", what="status written", daemons=[ctl])
+                   == "Drained", what="quarantined, then drained (no pods)", daemons=[ctl])
         assert "Forbidden" not in ctl.text() and "forbidden" not in agent.publisher.text()
     finally:
         ctl.close()
