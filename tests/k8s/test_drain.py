@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
+from ctlhelpers import action_count, eventually, phase, running_manager
 from kubelet import delete_nodes, finish_deletions, make_node, run_pod
 from prometheus_client import CollectorRegistry
 
@@ -22,9 +22,8 @@ from nvsentinel.controllers.drain.config import DrainConfig
 from nvsentinel.controllers.drain.controller import DrainController
 from nvsentinel.controllers.quarantine.config import QuarantineConfig
 from nvsentinel.controllers.quarantine.controller import QuarantineController
-from nvsentinel.controllers.runtime.manager import Manager
 from nvsentinel.healthevent.model import HealthEvent, HealthEventSpec, OverrideFlags, Overrides, utcnow
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s import Kube, KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, PDBS_V1BETA1, PODS, Resource
 
 pytestmark = pytest.mark.anyio
@@ -120,33 +119,14 @@ def env(control_plane, crd_installed, unique) -> Iterator[Env]:
 @contextlib.asynccontextmanager
 async def running(env: Env, *, dry_run: bool = False, quarantine: bool = True, **drain: Any
                   ) -> AsyncIterator[CollectorRegistry]:
-    registry = CollectorRegistry()
     sel = env.selector()
     recs: list[Any] = [DrainController(DrainConfig(node_selector=sel, event_selector=sel, drain_pdb_retry=0.5,
                                                    drain_poll=0.5, **drain))]
     if quarantine:
         recs.insert(0, QuarantineController(QuarantineConfig(node_selector=sel, event_selector=sel,
                                                              breaker_percent=100)))
-    mgr = Manager(AsyncKube(env.kube), recs, namespace=env.ns, dry_run=dry_run, workers=2, registry=registry)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(mgr.run)
-        with anyio.fail_after(30):
-            await mgr.wait_ready()
-        try:
-            yield registry
-        finally:
-            mgr.stop()
-
-
-async def eventually(fn: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await anyio.to_thread.run_sync(fn)
-        if last:
-            return last
-        await anyio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    async with running_manager(env.kube, recs, env.ns, dry_run=dry_run) as (_, registry):
+        yield registry
 
 
 def drained_cond(obj: dict) -> dict:
@@ -156,12 +136,8 @@ def drained_cond(obj: dict) -> dict:
     return {}
 
 
-def phase(obj: dict) -> str:
-    return (obj.get("status") or {}).get("phase") or "New"
-
-
 def action(registry: CollectorRegistry, name: str) -> float:
-    return registry.get_sample_value("nvsentinel_drain_controller_actions_total", {"action": name}) or 0.0
+    return action_count(registry, "drain", name)
 
 
 async def test_drain_evicts_respects_the_pdb_and_finishes_when_freed(env: Env) -> None:

@@ -11,13 +11,13 @@ import contextlib
 import datetime as dt
 import io
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
+from ctlhelpers import action_count, condition, eventually, ownership, phase, running_manager
 from kubelet import delete_nodes, make_node, make_nodes
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +29,7 @@ from nvsentinel.controllers.runtime.manager import Manager
 from nvsentinel.healthevent.model import (
     HealthEvent, HealthEventSpec, OverrideFlags, Overrides, format_time, parse_time, utcnow,
 )
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, EVENTS, HEALTHEVENTS, NAMESPACES, NODES
 
 pytestmark = pytest.mark.anyio
@@ -37,11 +37,6 @@ pytestmark = pytest.mark.anyio
 LABEL = "nvsentinel-test/quarantine"
 OUR_TAINT = {"key": "nvsentinel.nvidia.com/quarantine", "value": "true", "effect": "NoSchedule"}
 DEDICATED = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class Env:
@@ -118,46 +113,9 @@ def env(control_plane, crd_installed, unique) -> Iterator[Env]:
 @contextlib.asynccontextmanager
 async def running(env: Env, cfg: QuarantineConfig, *, dry_run: bool = False, workers: int = 4
                   ) -> AsyncIterator[tuple[Manager, CollectorRegistry, QuarantineController]]:
-    registry = CollectorRegistry()
     rec = QuarantineController(cfg)
-    mgr = Manager(AsyncKube(env.kube), [rec], namespace=env.ns, dry_run=dry_run, workers=workers,
-                  registry=registry)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(mgr.run)
-        with anyio.fail_after(30):
-            await mgr.wait_ready()
-        try:
-            yield mgr, registry, rec
-        finally:
-            mgr.stop()
-
-
-async def eventually(fn: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `fn` (blocking; run in a thread) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await anyio.to_thread.run_sync(fn)
-        if last:
-            return last
-        await anyio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-def phase(obj: dict) -> str:
-    return (obj.get("status") or {}).get("phase") or "New"
-
-
-def condition(obj: dict, type_: str) -> dict | None:
-    for c in (obj.get("status") or {}).get("conditions") or ():
-        if c["type"] == type_:
-            return c
-    return None
-
-
-def ownership(node: dict) -> dict | None:
-    text = ((node["metadata"].get("annotations") or {}).get(logic.ANNOTATION))
-    return json.loads(text) if text else None
+    async with running_manager(env.kube, [rec], env.ns, dry_run=dry_run, workers=workers) as (mgr, registry):
+        yield mgr, registry, rec
 
 
 def events_about(kube: Kube, name: str) -> list[dict]:
@@ -166,7 +124,7 @@ def events_about(kube: Kube, name: str) -> list[dict]:
 
 
 def action(registry: CollectorRegistry, name: str) -> float:
-    return registry.get_sample_value("nvsentinel_quarantine_controller_actions_total", {"action": name}) or 0.0
+    return action_count(registry, "quarantine", name)
 
 
 # ---- the rules ---------------------------------------------------------------------------------------------

@@ -6,36 +6,28 @@ selectors, so objects of other tests sharing the cluster are invisible to them.
 from __future__ import annotations
 
 import contextlib
-import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
+from ctlhelpers import action_count, condition, eventually, ownership, phase, running_manager
 from kubelet import delete_nodes, make_node
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.controllers.quarantine.config import QuarantineConfig
 from nvsentinel.controllers.quarantine.controller import QuarantineController
-from nvsentinel.controllers.quarantine.logic import ANNOTATION
 from nvsentinel.controllers.resolution.config import ResolutionConfig
 from nvsentinel.controllers.resolution.controller import ResolutionController
-from nvsentinel.controllers.runtime.manager import Manager
 from nvsentinel.healthevent.model import Entity, HealthEvent, HealthEventSpec, utcnow
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, NODES
 
 pytestmark = pytest.mark.anyio
 
 LABEL = "nvsentinel-test/resolution"
 OUR_TAINT = {"key": "nvsentinel.nvidia.com/quarantine", "value": "true", "effect": "NoSchedule"}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class Env:
@@ -92,43 +84,10 @@ def env(control_plane, crd_installed, unique) -> Iterator[Env]:
 @contextlib.asynccontextmanager
 async def running(env: Env, *, dry_run: bool = False) -> AsyncIterator[CollectorRegistry]:
     sel = f"{LABEL}={env.unique}"
-    registry = CollectorRegistry()
     recs = [QuarantineController(QuarantineConfig(node_selector=sel, event_selector=sel, breaker_percent=100)),
             ResolutionController(ResolutionConfig(node_selector=sel, event_selector=sel))]
-    mgr = Manager(AsyncKube(env.kube), recs, namespace=env.ns, dry_run=dry_run, workers=2, registry=registry)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(mgr.run)
-        with anyio.fail_after(30):
-            await mgr.wait_ready()
-        try:
-            yield registry
-        finally:
-            mgr.stop()
-
-
-async def eventually(fn: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `fn` (blocking; run in a thread) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await anyio.to_thread.run_sync(fn)
-        if last:
-            return last
-        await anyio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-
-
-def phase(obj: dict) -> str:
-    return (obj.get("status") or {}).get("phase") or "New"
-
-
-def condition(obj: dict, type_: str) -> dict | None:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == type_), None)
-
-
-def ownership(node: dict) -> dict | None:
-    text = (node["metadata"].get("annotations") or {}).get(ANNOTATION)
-    return json.loads(text) if text else None
+    async with running_manager(env.kube, recs, env.ns, dry_run=dry_run) as (_, registry):
+        yield registry
 
 
 def node_event_reasons(kube: Kube, name: str) -> set[str]:
@@ -137,7 +96,7 @@ def node_event_reasons(kube: Kube, name: str) -> set[str]:
 
 
 def action(registry: CollectorRegistry, name: str) -> float:
-    return registry.get_sample_value("nvsentinel_resolution_controller_actions_total", {"action": name}) or 0.0
+    return action_count(registry, "resolution", name)
 
 
 async def test_healthy_event_resolves_the_fault_and_releases_the_node(env: Env) -> None:

@@ -9,20 +9,18 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime as dt
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import pytest
+from ctlhelpers import action_count, eventually, running_manager
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.controllers.runtime.manager import Manager
 from nvsentinel.controllers.ttl.config import TTLConfig
 from nvsentinel.controllers.ttl.controller import TTLController
 from nvsentinel.healthevent.model import HealthEvent, HealthEventSpec, HealthEventStatus, Phase, utcnow
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, EVENTS, HEALTHEVENTS, NAMESPACES
 
 pytestmark = pytest.mark.anyio
@@ -103,33 +101,13 @@ def env(control_plane, crd_installed, unique) -> Iterator[Env]:
 @contextlib.asynccontextmanager
 async def running(env: Env, *, dry_run: bool = False
                   ) -> AsyncIterator[tuple[Manager, CollectorRegistry, TTLController]]:
-    registry = CollectorRegistry()
     rec = TTLController(env.config())
-    mgr = Manager(AsyncKube(env.kube), [rec], namespace=env.ns, dry_run=dry_run, workers=1, registry=registry)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(mgr.run)
-        with anyio.fail_after(30):
-            await mgr.wait_ready()
-        try:
-            yield mgr, registry, rec
-        finally:
-            mgr.stop()
-
-
-async def eventually(fn: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `fn` (blocking; run in a thread) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await anyio.to_thread.run_sync(fn)
-        if last:
-            return last
-        await anyio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    async with running_manager(env.kube, [rec], env.ns, dry_run=dry_run, workers=1) as (mgr, registry):
+        yield mgr, registry, rec
 
 
 def action(registry: CollectorRegistry, name: str) -> float:
-    return registry.get_sample_value("nvsentinel_ttl_controller_actions_total", {"action": name}) or 0.0
+    return action_count(registry, "ttl", name)
 
 
 def passes(registry: CollectorRegistry) -> float:
