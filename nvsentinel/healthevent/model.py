@@ -244,7 +244,7 @@ class HealthEventSpec:
             detected_at=parse_time(d["detectedAt"]),
             overrides=Overrides.from_dict(d.get("overrides")),
             metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
-            maintenance=Maintenance.from_dict(d["maintenance"]) if d.get("maintenance") else None,
+            maintenance=Maintenance.from_dict(d["maintenance"]) if d.get("maintenance") is not None else None,
         )
 
 
