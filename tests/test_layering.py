@@ -63,7 +63,9 @@ def test_package_root_import_is_cheap():
 #: unit- and property-tested on plain values; the controllers and daemons do the I/O around them.
 PURE_DECISIONS = ["healthevent/model.py", "healthevent/display.py", "publisher/logic.py",
                   "controllers/quarantine/logic.py", "controllers/quarantine/breaker.py",
-                  "controllers/resolution/logic.py", "controllers/ttl/policy.py", "controllers/drain/logic.py"]
+                  "controllers/resolution/logic.py", "controllers/ttl/policy.py", "controllers/drain/logic.py",
+                  "controllers/remediation/logic.py", "nvml/handshake.py",
+                  "remediation_agent/logic.py"]
 FORBIDDEN_IN_DECISIONS = {"grpc", "kubernetes", "pynvml", "anyio", "urllib3", "threading", "asyncio", "socket"}
 
 

@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from nvsentinel.controllers.config import ENV_PREFIX, ControllersSettings
 from nvsentinel.controllers.drain.config import DrainConfig
 from nvsentinel.controllers.quarantine.config import QuarantineConfig
+from nvsentinel.controllers.remediation.config import RemediationConfig
 from nvsentinel.daemons import load_settings
 from nvsentinel.settings import SettingsError, add_arguments, resolve
 
 logger = logging.getLogger(__name__)
 
 #: Each controller's settings dataclass, resolved from the same flags and environment prefix.
-CONTROLLER_CONFIGS: dict[str, type] = {"quarantine": QuarantineConfig, "drain": DrainConfig}
+CONTROLLER_CONFIGS: dict[str, type] = {"quarantine": QuarantineConfig, "drain": DrainConfig,
+                                       "remediation": RemediationConfig}
 
 
 def add_parser_arguments(parser: argparse.ArgumentParser) -> None:

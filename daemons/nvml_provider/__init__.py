@@ -42,6 +42,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int
         wait_timeout_ms=settings.wait_timeout_ms,
         ignored_xids=settings.nvml_ignored_xids,
         node_name=settings.node_name,
+        reset_command=settings.nvml_reset_command,
     )
     health = HealthServer(settings.http_bind_address, settings.health_port, lambda: provider.ready)
     try:

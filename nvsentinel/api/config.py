@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+from nvsentinel.nvml.reset import DEFAULT_RESET_COMMAND, parse_template
 from nvsentinel.settings import setting
 
 ENV_PREFIX = "DEVICE_API_"
@@ -53,6 +54,9 @@ class DeviceApiSettings:
     enable_nvml_provider: bool = setting(False, help="run the NVML provider inside this process")
     nvml_driver_root: str = setting("/run/nvidia/driver", help="where the NVIDIA driver (libnvidia-ml) is mounted")
     nvml_ignored_xids: tuple[int, ...] = setting((), help="comma-separated XIDs the NVML provider ignores", metavar="XIDS")
+    nvml_reset_command: str = setting(
+        DEFAULT_RESET_COMMAND, help="embedded NVML provider: the command that resets one GPU ({uuid}, {index} "
+        "replaced) when the remediation agent asks (docs/remediation.md); empty: resets disabled", metavar="CMD")
     fake_nvml: bool = setting(
         False, help="embedded NVML provider: use nvsentinel's FAKE libnvidia-ml (tests and demos only)"
     )
@@ -95,6 +99,11 @@ class DeviceApiSettings:
         for xid in self.nvml_ignored_xids:
             if not 0 < xid < 1 << 16:
                 raise ValueError(f"--nvml-ignored-xids: {xid} is not an XID")
+        if self.nvml_reset_command.strip():
+            try:
+                parse_template(self.nvml_reset_command)
+            except ValueError as exc:
+                raise ValueError(f"--nvml-reset-command: {exc}") from None
         if (self.fake_nvml_topology or self.fake_nvml_control) and not self.fake_nvml:
             raise ValueError("--fake-nvml-topology/--fake-nvml-control need --fake-nvml")
         if self.fake_nvml and not self.enable_nvml_provider:

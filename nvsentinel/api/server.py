@@ -185,7 +185,7 @@ class DeviceApiServer:
         self.nvml = EmbeddedNvmlProvider(
             server_address(s.unix_socket, s.grpc_address, self.tcp_port),
             driver_root=s.nvml_driver_root, ignored_xids=s.nvml_ignored_xids, node_name=s.node_name,
-            fake=s.fake_nvml, fake_topology=s.fake_nvml_topology, fake_control=s.fake_nvml_control,
+            reset_command=s.nvml_reset_command, fake=s.fake_nvml, fake_topology=s.fake_nvml_topology, fake_control=s.fake_nvml_control,
         )
         try:
             await self.nvml.astart()

@@ -9,7 +9,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "nvml-provider",
-        help="watch GPUs through NVML and write their NvmlHealthy condition to the Device API",
+        help="watch GPUs through NVML, write their NvmlHealthy condition to the Device API, and "
+        "answer GPU reset requests (the gpu-reset handshake)",
         description="The NVML provider. Flags > NVML_PROVIDER_* environment > defaults.",
     )
     daemon.add_parser_arguments(parser)

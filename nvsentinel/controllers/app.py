@@ -46,6 +46,12 @@ def build_reconcilers(settings: ControllersSettings, configs: dict[str, Any]) ->
 
             out.append(DrainController(dataclasses.replace(
                 configs["drain"], node_selector=q.node_selector, event_selector=q.event_selector)))
+        elif name == "remediation":
+            from nvsentinel.controllers.remediation import RemediationController
+
+            out.append(RemediationController(dataclasses.replace(
+                configs["remediation"], namespace=settings.namespace, node_selector=q.node_selector,
+                event_selector=q.event_selector)))
         elif name == "resolution":
             from nvsentinel.controllers.resolution.config import ResolutionConfig
             from nvsentinel.controllers.resolution.controller import ResolutionController

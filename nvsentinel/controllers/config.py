@@ -12,9 +12,8 @@ from nvsentinel.controllers.runtime.leader import DEFAULT_LEASE_NAME
 from nvsentinel.settings import setting
 
 ENV_PREFIX = "CONTROLLERS_"
-#: Controllers this build knows, in chain order. Remediation (issue 7) goes between drain and
-#: resolution.
-KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine", "drain", "resolution", "ttl")
+#: Controllers this build knows, in chain order.
+KNOWN_CONTROLLERS: tuple[str, ...] = ("quarantine", "drain", "remediation", "resolution", "ttl")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+from nvsentinel.nvml.reset import DEFAULT_RESET_COMMAND, parse_template
 from nvsentinel.settings import setting
 
 ENV_PREFIX = "NVML_PROVIDER_"
@@ -28,6 +29,12 @@ class NvmlProviderSettings:
         "127.0.0.1", help="address the health port binds (0.0.0.0 in a pod, for probes)"
     )
     wait_timeout_ms: int = setting(5000, help="milliseconds per nvmlEventSetWait")
+    nvml_reset_command: str = setting(
+        DEFAULT_RESET_COMMAND,
+        help="command that resets one GPU when the remediation agent asks ({uuid} and {index} are "
+        "replaced; with --fake-nvml the default resets the fake GPU); empty: resets disabled, every "
+        "request is answered ResetFailed",
+    )
     log_format: str = setting("plain", help="plain, full or json")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
     node_name: str = setting(socket.gethostname(), help="this node's name, for logs")
@@ -44,5 +51,10 @@ class NvmlProviderSettings:
         for xid in self.nvml_ignored_xids:
             if not 0 < xid < 1 << 16:
                 raise ValueError(f"--nvml-ignored-xids: {xid} is not an XID")
+        if self.nvml_reset_command.strip():
+            try:
+                parse_template(self.nvml_reset_command)
+            except ValueError as exc:
+                raise ValueError(f"--nvml-reset-command: {exc}") from None
         if (self.fake_nvml_topology or self.fake_nvml_control) and not self.fake_nvml:
             raise ValueError("--fake-nvml-topology/--fake-nvml-control need --fake-nvml")

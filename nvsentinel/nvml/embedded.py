@@ -13,6 +13,8 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
+from nvsentinel.nvml.reset import DEFAULT_RESET_COMMAND
+
 __all__ = ["EmbeddedNvmlProvider", "server_address"]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class EmbeddedNvmlProvider:
         fake_topology: str = "",
         fake_control: str = "",
         wait_timeout_ms: int = 5000,
+        reset_command: str = DEFAULT_RESET_COMMAND,
     ) -> None:
         self.address = address
         self.driver_root = driver_root
@@ -56,6 +59,7 @@ class EmbeddedNvmlProvider:
         self.fake_topology = fake_topology
         self.fake_control = fake_control
         self.wait_timeout_ms = wait_timeout_ms
+        self.reset_command = reset_command
         self.provider: Any = None
         self._client: Any = None
         self._thread: threading.Thread | None = None
@@ -76,7 +80,8 @@ class EmbeddedNvmlProvider:
             raise RuntimeError(f"--enable-nvml-provider: {exc}") from None
         self._client = DeviceApiClient(self.address, timeout=5.0)
         provider = NvmlProvider(self._client, wait_timeout_ms=self.wait_timeout_ms,
-                                ignored_xids=self.ignored_xids, node_name=self.node_name)
+                                ignored_xids=self.ignored_xids, node_name=self.node_name,
+                                reset_command=self.reset_command)
         try:
             provider.init_nvml()
         except NvmlInitError as exc:
@@ -94,7 +99,7 @@ class EmbeddedNvmlProvider:
         self._thread.start()
         logger.info("embedded nvml provider started", extra={"kv": {
             "library": library, "address": self._client.address, "gpus": len(provider.gpus),
-            "ignored_xids": ",".join(map(str, self.ignored_xids))}})
+            "ignored_xids": ",".join(map(str, self.ignored_xids)), "reset_command": self.reset_command}})
 
     def _run(self) -> None:
         try:

@@ -2,8 +2,9 @@
 
 Condition contract (docs/conditions.md): the provider owns one condition type, `NvmlHealthy`
 (True = healthy). A fatal finding sets it False with reason `Xid<n>` / `EccDoubleBit` / `GpuLost`
-and sets `recommended_action`; only a recovery signal (re-verification after a lost GPU came back)
-makes it True again. Benign, single-bit-ECC and ignored events change nothing.
+and sets `recommended_action`; only a recovery signal (re-verification after a lost GPU came back,
+or a GPU reset the provider performed and re-verified) makes it True again. Benign,
+single-bit-ECC and ignored events change nothing.
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ __all__ = [
     "REASON_RECOVERED",
     "REASON_LOST",
     "REASON_DBE",
+    "REASON_GPU_RESET",
     "Xid",
     "DoubleBitEcc",
     "SingleBitEcc",
     "Lost",
     "Recovered",
+    "Reset",
     "Finding",
     "GpuView",
     "Decision",
@@ -38,6 +41,7 @@ REASON_HEALTHY: Final = "NvmlOk"
 REASON_RECOVERED: Final = "Recovered"
 REASON_LOST: Final = "GpuLost"
 REASON_DBE: Final = "EccDoubleBit"
+REASON_GPU_RESET: Final = "GpuReset"
 
 #: How bad an action is; a new fatal finding replaces the current one only if strictly worse.
 _SEVERITY: Final = {
@@ -90,7 +94,14 @@ class Recovered:
     detail: str = "re-verified after the GPU came back"
 
 
-Event = Xid | DoubleBitEcc | SingleBitEcc | Lost | Recovered
+@dataclasses.dataclass(frozen=True)
+class Reset:
+    """The provider reset the GPU and re-verified it, as HealthEvent `request` asked."""
+
+    request: str
+
+
+Event = Xid | DoubleBitEcc | SingleBitEcc | Lost | Recovered | Reset
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -132,7 +143,7 @@ class Decision:
     changed: bool
     """True when the condition or the action changed (the status must be written)."""
     note: str
-    """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy."""
+    """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy, reset."""
 
 
 def _xid_finding(
@@ -167,6 +178,11 @@ def decide(
             return Decision(view, False, "healthy")
         new = GpuView(None, REASON_RECOVERED, f"NVML healthy again: {event.detail}", view.sbe_count)
         return Decision(new, True, "recovered")
+    if isinstance(event, Reset):
+        # healthy whatever it was: the reset is the recovery signal, and it names who asked for it
+        new = GpuView(None, REASON_GPU_RESET,
+                      f"GPU reset and re-verified (requested by HealthEvent {event.request})", view.sbe_count)
+        return Decision(new, new.condition() != view.condition() or view.action != Action.NONE, "reset")
     if isinstance(event, Lost):
         cls = cat.classify(kind="fallen_off_bus")
         finding = Finding(REASON_LOST, f"GPU is lost: {event.detail}", cls.action)

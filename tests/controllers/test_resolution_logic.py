@@ -153,3 +153,22 @@ def test_config_rejects_an_empty_taint_key() -> None:
     ResolutionConfig().validate()
     with pytest.raises(ValueError, match="taint-key"):
         ResolutionConfig(taint_key="").validate()
+
+
+def test_a_remediating_event_is_left_to_the_remediation_stage() -> None:
+    """Verify a healthy event does not resolve a Remediating fault (remediation records Remediated first),
+    and does once it is Remediated."""
+    h = event("h", healthy=True, at=5)
+    assert logic.plan_resolutions([event("f", phase=Phase.REMEDIATING), h]) == []
+    (res,) = logic.plan_resolutions([event("f", phase=Phase.REMEDIATED), h])
+    assert res.fatal.name == "f" and res.healthy.name == "h"
+
+
+def test_a_terminated_node_resolves_its_remediated_events() -> None:
+    cond = Condition(ConditionType.REMEDIATED, "True", "NodeTerminated", "deleted", T0)
+    ev = event("f", phase=Phase.REMEDIATED)
+    done = HealthEvent(name="f", spec=ev.spec, status=HealthEventStatus(phase=Phase.REMEDIATED, conditions=(cond,)))
+    assert logic.node_terminated(done) and not logic.node_terminated(ev)
+    status = logic.terminated_status(done, T0)
+    assert status.phase is Phase.RESOLVED and status.resolved_at == T0
+    assert status.condition(ConditionType.RESOLVED).reason == "NodeTerminated"

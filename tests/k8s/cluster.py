@@ -128,6 +128,7 @@ class ControlPlane:
             "--secure-port", str(self.port), "--insecure-port", "0",
             "--cert-dir", str(self.dir / "certs"), "--token-auth-file", str(self.dir / "tokens.csv"),
             "--authorization-mode", "RBAC",
+            "--allow-privileged=true",  # as real clusters run it: the reboot Job is privileged
             "--service-account-key-file", str(self.dir / "sa.pub"),
             "--service-account-signing-key-file", str(self.dir / "sa.key"),
             "--service-account-issuer", "https://kubernetes.default.svc",

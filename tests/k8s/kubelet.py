@@ -77,7 +77,13 @@ def finish_deletions(kube: Kube, namespace: str) -> int:
 
 def finish_job(kube: Kube, namespace: str, name: str, *, succeeded: bool) -> dict:
     """Set a Job's terminal condition (Complete or Failed), as the job controller would."""
+    import datetime as _dt
+
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     cond = "Complete" if succeeded else "Failed"
-    status = {"conditions": [{"type": cond, "status": "True", "reason": "FakeKubelet"}],
-              "succeeded" if succeeded else "failed": 1}
+    status: dict = {"conditions": [{"type": cond, "status": "True", "reason": "FakeKubelet", "lastProbeTime": now,
+                                    "lastTransitionTime": now}],
+                    "succeeded" if succeeded else "failed": 1, "startTime": now}
+    if succeeded:
+        status["completionTime"] = now
     return kube.patch(JOBS, name, {"status": status}, namespace, subresource="status")

@@ -39,7 +39,7 @@ from nvsentinel.healthevent import (  # noqa: E402
     LABEL_NODE, Entity, HealthEvent, HealthEventSpec, Phase, utcnow,
 )
 from nvsentinel.k8s import AlreadyExists, AsyncKube, Forbidden, Kube, KubeConflict  # noqa: E402
-from nvsentinel.k8s.resources import HEALTHEVENTS, LEASES, NAMESPACES, NODES  # noqa: E402
+from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, LEASES, NAMESPACES, NODES  # noqa: E402
 
 TAINT = "nvsentinel.nvidia.com/quarantine"
 OWNER = "nvsentinel.nvidia.com/quarantine"
@@ -312,7 +312,7 @@ CONTROLLER_CLUSTER_RULES = [
     {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents"],
      "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": ["nvsentinel.nvidia.com"], "resources": ["healthevents/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
@@ -320,6 +320,7 @@ CONTROLLER_CLUSTER_RULES = [
 CONTROLLER_NAMESPACE_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create"]},
 ]
 
 
@@ -342,7 +343,7 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
     node = f"rbac-node-{unique}"
     make_node(kube, node)
     agent = NodeAgent(control_plane, node, sock_dir, kubeconfig=pub_kc)
-    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc, chain="quarantine,drain,resolution,ttl")
+    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc, chain="quarantine,drain,remediation,resolution,ttl")
     try:
         ctl.wait_log("leader election: leading")
         time.sleep(1.0)
@@ -351,8 +352,10 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
                    daemons=[agent.publisher, ctl])
         (ev,) = events_for(kube, node)
         wait_until(lambda: kube.get(HEALTHEVENTS, ev["metadata"]["name"]).get("status", {}).get("phase")
-                   == "Drained", what="quarantined, then drained (no pods)", daemons=[ctl])
-        assert "Forbidden" not in ctl.text() and "forbidden" not in agent.publisher.text()
+                   == "Remediating", what="quarantined, drained (no pods), a reboot Job created", daemons=[ctl])
+        jobs, _ = kube.list(JOBS, ns)
+        assert [j["spec"]["template"]["spec"]["nodeName"] for j in jobs] == [node]
+        assert "Forbidden"  not in ctl.text() and "forbidden" not in agent.publisher.text()
     finally:
         ctl.close()
         agent.close()

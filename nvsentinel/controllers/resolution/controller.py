@@ -60,8 +60,7 @@ class ResolutionController:
         def on_node(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             if etype == "DELETED":
                 self._dry_released.pop(obj["metadata"]["name"], None)
-                return
-            ctx.queue.add(obj["metadata"]["name"])
+            ctx.queue.add(obj["metadata"]["name"])  # deleted too: a terminated node's events resolve
 
         self._events.add_handler(on_event)
         self._nodes.add_handler(on_node)
@@ -79,6 +78,7 @@ class ResolutionController:
 
         node = self._nodes.get(key)
         if node is None:
+            await self._resolve_terminated(key, events, ctx, now)
             return None
         try:
             own = ownership_of(node)
@@ -127,6 +127,21 @@ class ResolutionController:
         logger.info("node released", extra={"kv": {"node": key, "reason": reason, "dry_run": ctx.dry_run}})
         await ctx.recorder.event(node, "Normal", reason, message)
         return None
+
+    async def _resolve_terminated(self, node: str, events: list[HealthEvent], ctx: ControllerContext,
+                                  now: Any) -> None:
+        """Events remediated by deleting their Node resolve once the server confirms the Node is gone."""
+        done = [e for e in events if logic.node_terminated(e)]
+        if not done:
+            return
+        try:
+            await ctx.kube.get(NODES, node)
+            return  # our cache is behind (or a selector hides it): not gone
+        except KubeNotFound:
+            pass
+        for ev in done:
+            await self._write(ev, logic.terminated_status(ev, now), ctx,
+                              action="dry-run-resolve" if ctx.dry_run else "resolve")
 
     def _node_events(self, node: str, ctx: ControllerContext) -> list[HealthEvent]:
         out = []

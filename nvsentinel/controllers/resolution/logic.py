@@ -17,7 +17,7 @@ from nvsentinel.healthevent.model import Condition, ConditionType, HealthEvent, 
 
 __all__ = [
     "ACTOR", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
-    "NodeRelease", "plan_release", "operator_uncordoned", "operator_uncordon_status",
+    "NodeRelease", "plan_release", "node_terminated", "terminated_status", "operator_uncordoned", "operator_uncordon_status",
 ]
 
 ACTOR = "nvsentinel-resolution"
@@ -52,12 +52,16 @@ def _order(e: HealthEvent) -> tuple[_dt.datetime, str]:
 
 
 def plan_resolutions(events: Iterable[HealthEvent]) -> list[Resolution]:
-    """Each open fatal event answered by a healthy one, paired with the earliest such (a stable message)."""
+    """Each open fatal event answered by a healthy one, paired with the earliest such (a stable message).
+
+    A Remediating event is left to the remediation stage: the healthy event may be the very verification
+    it waits for, and it records Remediated first; the next pass resolves it.
+    """
     evs = sorted(events, key=_order)
     healthy = [e for e in evs if e.spec.is_healthy]
     out = []
     for fatal in evs:
-        if not is_open_fatal(fatal):
+        if not is_open_fatal(fatal) or fatal.status.phase is Phase.REMEDIATING:
             continue
         by = next((h for h in healthy if answers(h, fatal)), None)
         if by is not None:
@@ -82,6 +86,20 @@ def resolved_status(res: Resolution, now: _dt.datetime, *, dry_run: bool = False
     return _set(fatal, Condition(ConditionType.RESOLVED, "True", "HealthyEventReceived",
                                  f"resolved by {what}, by {ACTOR}", now, gen),
                 phase=Phase.RESOLVED, resolved_at=fatal.status.resolved_at or now)
+
+
+def node_terminated(event: HealthEvent) -> bool:
+    """Remediated by deleting its Node (strategy terminate): once the Node is gone, nothing is left to wait for."""
+    cond = event.status.condition(ConditionType.REMEDIATED)
+    return event.status.phase is Phase.REMEDIATED and cond is not None and cond.reason == "NodeTerminated"
+
+
+def terminated_status(event: HealthEvent, now: _dt.datetime) -> HealthEventStatus:
+    """Resolved, condition Resolved True NodeTerminated: the machine was handed back for replacement."""
+    return _set(event, Condition(ConditionType.RESOLVED, "True", "NodeTerminated",
+                                 f"node {event.spec.node_name} was deleted for replacement; nothing left to "
+                                 f"verify, by {ACTOR}", now, event.generation),
+                phase=Phase.RESOLVED, resolved_at=event.status.resolved_at or now)
 
 
 # ---- the Node ---------------------------------------------------------------------------------------------
