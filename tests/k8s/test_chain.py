@@ -343,7 +343,9 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
     node = f"rbac-node-{unique}"
     make_node(kube, node)
     agent = NodeAgent(control_plane, node, sock_dir, kubeconfig=pub_kc)
-    ctl = controllers(control_plane, ns, kubeconfig=ctl_kc, chain="quarantine,drain,remediation,resolution,ttl")
+    # the whole chain, on this node's events only (the session cluster holds other tests' open events)
+    ctl = controllers(control_plane, ns, "--event-selector", f"{LABEL_NODE}={node}", kubeconfig=ctl_kc,
+                      chain="quarantine,drain,remediation,resolution,ttl")
     try:
         ctl.wait_log("leader election: leading")
         time.sleep(1.0)
@@ -353,7 +355,8 @@ def test_the_chain_runs_on_least_privilege_service_accounts(control_plane: Contr
         (ev,) = events_for(kube, node)
         wait_until(lambda: kube.get(HEALTHEVENTS, ev["metadata"]["name"]).get("status", {}).get("phase")
                    == "Remediating", what="quarantined, drained (no pods), a reboot Job created", daemons=[ctl])
-        jobs, _ = kube.list(JOBS, ns)
+        jobs = wait_until(lambda: kube.list(JOBS, ns)[0], what="the reboot Job (created after the status)",
+                          daemons=[ctl])
         assert [j["spec"]["template"]["spec"]["nodeName"] for j in jobs] == [node]
         assert "Forbidden"  not in ctl.text() and "forbidden" not in agent.publisher.text()
     finally:

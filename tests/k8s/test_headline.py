@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import ControlPlane
+from cluster import ControlPlane, free_port
 from kubelet import delete_nodes, finish_deletions, finish_job, make_node, run_pod
-from procs import Daemon, wait_until
+from procs import Daemon, http_get, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
@@ -179,8 +180,10 @@ class World:
             self.ctl.close()  # a killed one keeps its pipes until closed
         self.ctl_runs += 1
         sel = f"{LABEL_NODE}={self.node}"
+        self.metrics_port = free_port()
         self.ctl = Daemon("controllers", [
-            "--kubeconfig", self.cp.kubeconfig, "--namespace", self.ns, "--health-port", "0", "--metrics-port", "0",
+            "--kubeconfig", self.cp.kubeconfig, "--namespace", self.ns, "--health-port", "0",
+            "--metrics-port", str(self.metrics_port),
             "--identity", f"ctl-{self.ctl_runs}", "--lease-duration", "3", "--renew-deadline", "2",
             "--retry-period", "0.3", "--event-selector", sel, "--node-selector", f"kubernetes.io/hostname={self.node}",
             "--breaker-percent", "100", "--drain-pdb-retry", "0.5", "--drain-poll", "0.3",
@@ -190,6 +193,15 @@ class World:
 
     def daemons(self) -> list[Daemon]:
         return [*self.gpu.daemons(), *([self.ctl] if self.ctl else [])]
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The controllers' /metrics, parsed: (sample name, sorted labels) → value."""
+        _, text = http_get(self.metrics_port, "/metrics")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
 
     def pod(self, name: str, app: str) -> None:
         self.kube.create(PODS, {"apiVersion": "v1", "kind": "Pod",
@@ -292,12 +304,17 @@ def test_headline_xid79_to_reboot_to_resolved_to_ttl(world: World) -> None:
     wait_until(lambda: w.pod_names() == {"guarded"}, what="the unguarded pods evicted", daemons=w.daemons())
     time.sleep(1.0)
     assert w.phase_of(name) == "Draining" and w.jobs() == {}, "the PDB holds the drain: no reboot yet"
+    assert w.metric("nvsentinel_drain_controller_pods_pending") == 1  # the drain queue: the guarded pod
+    assert w.metric("nvsentinel_drain_controller_actions_total", action="evict-blocked") >= 1
+    assert w.metric("nvsentinel_quarantine_controller_breaker_cordoned_nodes") >= 1
+    assert w.metric("nvsentinel_quarantine_controller_breaker_tripped") == 0
 
     w.kube.delete(PDBS_V1BETA1, "guard", w.ns)  # the test frees it
     rem = w.wait_phase(name, "Remediating")
     job = job_name(name, 1)
     assert cond(rem, "Remediated")["reason"] == "RebootJobCreated" and set(w.jobs()) == {job}
     assert w.jobs()[job]["spec"]["template"]["spec"]["nodeName"] == w.node
+    wait_until(lambda: w.metric("nvsentinel_remediation_controller_in_progress") == 1, what="in_progress gauge")
     finish_job(w.kube, w.ns, job, succeeded=True)
     done = w.wait_phase(name, "Remediated")
     assert cond(done, "Remediated")["reason"] == "RebootSucceeded"
@@ -328,6 +345,17 @@ def test_headline_xid79_to_reboot_to_resolved_to_ttl(world: World) -> None:
     wait_until(lambda: w.jobs() == {}, timeout=30, what="the reboot Job garbage-collected with its event")
     assert w.timeline.phases[name][-1] == "Deleted"
     assert list(w.jobs()) == [] and len(w.timeline.phases) == 2  # the fault and its verification
+    # every controller's metrics moved: actions, reconciles, latency histograms, the gauges back at rest
+    m = w.metric
+    for c, actions in {"quarantine": {"cordon": 1, "resolve-nonfatal": 1}, "drain": {"evict": 4, "drained": 1},
+                       "remediation": {"reboot": 1, "reboot-succeeded": 1}, "resolution": {"resolve": 1, "uncordon": 1},
+                       "ttl": {"delete": 2}}.items():
+        for a, n in actions.items():
+            assert m(f"nvsentinel_{c}_controller_actions_total", action=a) == n, (c, a)
+        assert m(f"nvsentinel_{c}_controller_reconciles_total") > 0 and \
+            m(f"nvsentinel_{c}_controller_latency_seconds_count") > 0, c
+    assert m("nvsentinel_drain_controller_pods_pending") == 0
+    assert m("nvsentinel_remediation_controller_in_progress") == 0
     assert "Traceback" not in "".join(d.text() for d in w.daemons())
     w.timeline.print("XID 79 on GPU 3 → reboot → Resolved → TTL (ms since the injection):")
 
