@@ -18,7 +18,7 @@ test-py:            ## the suite with the pure-Python twins forced
 testinstalled:      ## build a wheel, install it in a clean venv, run the tests from outside the tree
 	rm -rf dist /tmp/nvsentinel-wheel-venv && $(PY) -m pip wheel -q --no-deps -w dist .
 	python3 -m venv /tmp/nvsentinel-wheel-venv
-	/tmp/nvsentinel-wheel-venv/bin/pip install -q dist/nvsentinel-*.whl 'pytest>=8' 'hypothesis>=6.100' 'pytest-benchmark>=5' grpcio-tools
+	/tmp/nvsentinel-wheel-venv/bin/pip install -q dist/nvsentinel-*.whl 'pytest>=8' 'hypothesis>=6.100' 'pytest-benchmark>=5' 'kubernetes-validate>=1.37' grpcio-tools
 	cd /tmp && /tmp/nvsentinel-wheel-venv/bin/pytest -q -p no:cacheprovider --rootdir=$(CURDIR) $(CURDIR)/tests
 
 bench:              ## pytest-benchmark suites, saved under .benchmarks/

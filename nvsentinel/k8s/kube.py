@@ -81,6 +81,9 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
         k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg,
                                     persist_config=False)
     cfg.retries = False  # our callers retry with backoff; a hidden retry loop would hide outages
+    # urllib3 keeps 5 × CPUs idle connections by default: a controller with 16 workers and its watch
+    # streams overflowed it and paid a TLS handshake for each discarded connection (bench/RESULTS.md)
+    cfg.connection_pool_maxsize = 64
     return k8s_client.ApiClient(cfg)
 
 

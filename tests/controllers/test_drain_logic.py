@@ -164,3 +164,14 @@ def test_config_validation(kw: dict) -> None:
     with pytest.raises(ValueError):
         DrainConfig(**kw).validate()
     DrainConfig().validate()
+
+
+def test_pending_seen_trusts_only_seen_deletions_not_a_lagging_cache() -> None:
+    """Verify a snapshot pod the cache has not caught up with stays pending; a seen deletion or a
+    replacement under its name counts as gone; a pod present with its UID is pending (the cache's copy)."""
+    start = {logic.key_of(p): p for p in (pod("a"), pod("b"), pod("c"), pod("d"))}
+    cached = [pod("a", deleting=True), pod("c", uid="uid-new"), pod("x")]
+    left = logic.pending_seen(start, cached, gone={"uid-b"})
+    assert [logic.key_of(p)[1] for p in left] == ["a", "d"]  # b deleted, c replaced, d not in the cache yet
+    assert left[0]["metadata"].get("deletionTimestamp")  # the cache's (newer) copy of a
+    assert logic.pending_seen(start, [], gone={"uid-a", "uid-b", "uid-c", "uid-d"}) == []

@@ -52,6 +52,11 @@ def service_account_kubeconfig(kube: Kube, admin_kubeconfig: str, namespace: str
             "metadata": {"name": name, "namespace": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": subject}, namespace)
+    return token_kubeconfig(kube, admin_kubeconfig, namespace, name, out=out)
+
+
+def token_kubeconfig(kube: Kube, admin_kubeconfig: str, namespace: str, name: str, *, out: Path) -> str:
+    """A kubeconfig for the existing ServiceAccount `namespace/name`, with a fresh TokenRequest token."""
     token = kube.create(SERVICEACCOUNTS, {
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}},

@@ -21,7 +21,7 @@ from nvsentinel.healthevent.model import Condition, ConditionType, HealthEvent, 
 
 __all__ = [
     "ACTOR", "MIRROR_ANNOTATION", "PodKey", "Triage", "triage", "evictable", "snapshot", "pending",
-    "to_evict", "eviction_body", "draining_since", "timed_out", "Outcome", "skip_outcome",
+    "pending_seen", "to_evict", "eviction_body", "draining_since", "timed_out", "Outcome", "skip_outcome",
     "drained_outcome", "draining_outcome", "timeout_outcome", "dry_run_outcome", "apply_outcome",
     "same_decision",
 ]
@@ -84,6 +84,31 @@ def snapshot(pods: Iterable[Mapping[str, Any]], skip_namespaces: Iterable[str]) 
 def pending(snap: Mapping[PodKey, str], pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Pods of the snapshot still present with the same UID (another UID: a replacement, counts as gone)."""
     out = [p for p in pods if snap.get(key_of(p)) == str(_meta(p).get("uid", ""))]
+    return sorted(out, key=key_of)
+
+
+def pending_seen(start: Mapping[PodKey, Mapping[str, Any]], cached: Iterable[Mapping[str, Any]],
+                 gone: Iterable[str]) -> list[Mapping[str, Any]]:
+    """Pods of the start snapshot not yet gone, judged from a cache that may lag the snapshot.
+
+    `start`: the pods seen at drain start (a server read); `cached`: the node's pods in the informer's
+    cache; `gone`: UIDs the informer has seen deleted since before that read. A snapshot pod counts as
+    gone only when its deletion was seen, or when the cache holds another pod under its name (a
+    replacement: the deletion came first on the watch). One the cache has not seen at all is still
+    there: the cache is merely behind the read.
+    """
+    gone = set(gone)
+    by_key = {key_of(p): p for p in cached}
+    out = []
+    for key, pod in start.items():
+        uid = str(_meta(pod).get("uid", ""))
+        if uid in gone:
+            continue
+        now = by_key.get(key)
+        if now is None:
+            out.append(pod)
+        elif str(_meta(now).get("uid", "")) == uid:
+            out.append(now)
     return sorted(out, key=key_of)
 
 

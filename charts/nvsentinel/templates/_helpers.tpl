@@ -1,0 +1,94 @@
+{{/*
+The prefix of every object name: the release name or fullnameOverride, at most 40 characters so
+`<prefix>-remediation-controller` and friends stay within the 63 of a Service or label value.
+*/}}
+{{- define "nvsentinel.prefix" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The controllers the chart knows, in chain order. */}}
+{{- define "nvsentinel.controllerNames" -}}
+quarantine drain remediation resolution ttl
+{{- end -}}
+
+{{/* Labels every object carries. Call with (dict "root" $ "component" "<component>"). */}}
+{{- define "nvsentinel.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: nvsentinel
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: nvsentinel
+app.kubernetes.io/component: {{ .component }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The immutable selector of a workload. Call with (dict "root" $ "component" "<component>"). */}}
+{{- define "nvsentinel.selectorLabels" -}}
+app.kubernetes.io/name: nvsentinel
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "nvsentinel.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* The Device API address its node-local clients dial. */}}
+{{- define "nvsentinel.deviceApiAddress" -}}
+unix://{{ .Values.node.socketDir }}/device.sock
+{{- end -}}
+
+{{/* Log flags every daemon takes. */}}
+{{- define "nvsentinel.logArgs" -}}
+- {{ printf "--log-format=%s" .Values.logging.format | quote }}
+- {{ printf "--log-level=%s" .Values.logging.level | quote }}
+{{- end -}}
+
+{{/* NODE_NAME from the downward API: the daemons' --node-name is $(NODE_NAME). */}}
+{{- define "nvsentinel.nodeNameEnv" -}}
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- end -}}
+
+{{/*
+Node agents' tolerations: the quarantine taint (any effect) always, so an agent keeps running on
+the node it helped quarantine, then node.tolerations.
+*/}}
+{{- define "nvsentinel.nodeTolerations" -}}
+- key: {{ .Values.chain.taint.key | quote }}
+  operator: Exists
+{{- with .Values.node.tolerations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Node agents run as root: the socket directory is a root-owned host path and the socket is 0660.
+Nothing else: no privilege escalation, no capabilities, a read-only root filesystem.
+*/}}
+{{- define "nvsentinel.rootContainerSecurity" -}}
+runAsUser: 0
+runAsGroup: 0
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
+
+{{- define "nvsentinel.httpProbes" -}}
+livenessProbe:
+  httpGet: {path: {{ .live }}, port: {{ .port }}}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /readyz, port: {{ .port }}}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end -}}
