@@ -17,7 +17,7 @@ from nvsentinel.logs import configure_logging
 logger = logging.getLogger(__name__)
 
 #: Subcommand modules under nvsentinel.commands, in --help order. Later issues append here.
-COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "describe", "watch", "nvml", "nvml-provider", "kmsg-monitor", "publisher", "remediation-agent", "controllers", "breaker")
+COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "describe", "watch", "nvml", "nvml-provider", "kmsg-monitor", "publisher", "remediation-agent", "controllers", "breaker", "demo", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,7 @@ PURE_DECISIONS = ["healthevent/model.py", "healthevent/display.py", "publisher/l
                   "controllers/quarantine/logic.py", "controllers/quarantine/breaker.py",
                   "controllers/resolution/logic.py", "controllers/ttl/policy.py", "controllers/drain/logic.py",
                   "controllers/remediation/logic.py", "nvml/handshake.py",
-                  "remediation_agent/logic.py"]
+                  "remediation_agent/logic.py", "status.py", "demo/script.py"]
 FORBIDDEN_IN_DECISIONS = {"grpc", "kubernetes", "pynvml", "anyio", "urllib3", "threading", "asyncio", "socket"}
 
 

@@ -1,0 +1,1 @@
+"""`nvsentinel demo`: the whole system on one machine, with a scripted fault sequence (docs/demo.md)."""
