@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from nvsentinel.devcluster.controlplane import die_with_parent
 from nvsentinel.demo.script import SCENARIOS, Observed, Scenario, summary_table, timeline_line
 
 __all__ = ["DemoError", "Demo"]
@@ -41,12 +42,6 @@ class DemoError(RuntimeError):
     """A part of the demo could not start or stopped; the message says which and why."""
 
 
-def _die_with_parent() -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-
-
 class Proc:
     """One daemon (`python -m nvsentinel.daemons.<module>`) with its log in the demo dir."""
 
@@ -57,7 +52,7 @@ class Proc:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", f"nvsentinel.daemons.{module}", *args],
                                          stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True, preexec_fn=die_with_parent)
 
     def tail(self, n: int = 1500) -> str:
         try:

@@ -102,12 +102,26 @@ def kube_bin_dir(build_missing: bool = True, progress: Progress | None = None) -
     return bin_dir
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the test process dies, even by SIGKILL, so a
-    killed pytest run never leaves an API server and etcd behind (Linux prctl PR_SET_PDEATHSIG)."""
+def _load_prctl() -> Callable[..., int]:
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (AttributeError, OSError):  # not Linux: children are stopped by stop() only
+        return lambda *args: 0
+
+
+#: Looked up once, in the parent: the child between fork and exec may not dlopen (another thread of
+#: a multi-threaded parent can hold the loader's lock at fork time; a test run crashed on it once).
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL, so a killed
+    test run or demo never leaves an API server and etcd behind (Linux prctl PR_SET_PDEATHSIG).
+    Only an already resolved C call: nothing here may allocate locks or load libraries."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def free_port() -> int:
@@ -208,7 +222,7 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+                                            start_new_session=True, preexec_fn=die_with_parent)
         log.close()
 
     def _stop_proc(self, name: str) -> None:

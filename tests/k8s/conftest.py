@@ -1,13 +1,20 @@
 """The real Kubernetes control plane for tests/k8s (started once per session; see cluster.py)."""
 from __future__ import annotations
 
+import shutil
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cluster import ControlPlane
 
 from nvsentinel.k8s import Kube
+
+# the helm driver lives with the offline chart tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helm"))
+from helmchart import Helm  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +52,13 @@ def unique() -> str:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def helm() -> Iterator[Helm]:
+    """The official helm binary (tools/get-helm.sh, cached), with its own state in a temp dir."""
+    h = Helm.create()
+    try:
+        yield h
+    finally:
+        shutil.rmtree(h.home, ignore_errors=True)

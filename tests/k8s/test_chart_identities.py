@@ -17,11 +17,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from cluster import ControlPlane
 from kubelet import delete_nodes, finish_job, make_node
@@ -40,15 +39,6 @@ from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, NAMESPACES, NODES, PODS
 
 CONTROLLERS = ("quarantine", "drain", "remediation", "resolution", "ttl")
 TAINT = "nvsentinel.nvidia.com/quarantine"
-
-
-@pytest.fixture(scope="module")
-def helm() -> Iterator[Helm]:
-    h = Helm.create()
-    try:
-        yield h
-    finally:
-        shutil.rmtree(h.home, ignore_errors=True)
 
 
 class Release:

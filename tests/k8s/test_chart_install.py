@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +38,6 @@ RESOURCES = {(r.api_version, r.kind): r for r in (
     DAEMONSETS, DEPLOYMENTS, SERVICES, SERVICEACCOUNTS, CLUSTERROLES, CLUSTERROLEBINDINGS, ROLES, ROLEBINDINGS,
     CONFIGMAPS, PDBS_V1BETA1, SERVICEMONITORS, PROMETHEUSRULES, CRDS)}
 CRD_NAME = "healthevents.nvsentinel.nvidia.com"
-
-
-@pytest.fixture(scope="module")
-def helm() -> Iterator[Helm]:
-    h = Helm.create()
-    try:
-        yield h
-    finally:
-        shutil.rmtree(h.home, ignore_errors=True)
 
 
 def helm_on(helm: Helm, cp: ControlPlane, *argv: str, **kw: Any) -> Any:

@@ -28,7 +28,7 @@ import anyio
 
 from nvsentinel.controllers.drain import logic
 from nvsentinel.controllers.drain.config import DrainConfig
-from nvsentinel.controllers.runtime.controller import ControllerContext, Result
+from nvsentinel.controllers.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.controllers.runtime.informer import Informer
 from nvsentinel.healthevent.model import HealthEvent, Phase
 from nvsentinel.k8s import KubeNotFound, TooManyRequests
@@ -176,12 +176,8 @@ class DrainController:
                 obj = written[1]  # the cache lags our own last patch (a 409 if patched from): use what it returned
             else:
                 del self._written[key]
-        try:
-            event = HealthEvent.from_dict(obj)
-        except (KeyError, TypeError, ValueError) as exc:
-            ctx.metrics.failures.labels(reason="InvalidHealthEvent").inc()
-            logger.warning("HealthEvent unreadable; not retried", extra={"kv": {
-                "healthevent": key, "error": str(exc)[:200]}})
+        event = read_event(obj, ctx)
+        if event is None:
             return None
         rule = logic.triage(event)
         if rule is logic.Triage.IGNORE:

@@ -21,7 +21,7 @@ import anyio
 from nvsentinel.controllers.quarantine import logic
 from nvsentinel.controllers.quarantine.breaker import BreakerPolicy, BreakerState, Verdict, evaluate
 from nvsentinel.controllers.quarantine.config import QuarantineConfig
-from nvsentinel.controllers.runtime.controller import ControllerContext, Result
+from nvsentinel.controllers.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.controllers.runtime.informer import Informer
 from nvsentinel.healthevent.model import ConditionType, HealthEvent, Phase
 from nvsentinel.k8s import AlreadyExists, KubeConflict, KubeNotFound
@@ -108,12 +108,8 @@ class QuarantineController:
         if obj is None:
             self._held.discard(key)
             return None
-        try:
-            event = HealthEvent.from_dict(obj)
-        except (KeyError, TypeError, ValueError) as exc:  # the CRD schema should make this impossible
-            ctx.metrics.failures.labels(reason="InvalidHealthEvent").inc()
-            logger.warning("HealthEvent unreadable; not retried", extra={"kv": {
-                "healthevent": key, "error": str(exc)[:200]}})
+        event = read_event(obj, ctx)
+        if event is None:
             return None
         now = ctx.now()
         rule = logic.triage(event)

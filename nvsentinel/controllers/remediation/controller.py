@@ -14,7 +14,7 @@ from typing import Any
 
 from nvsentinel.controllers.remediation import logic
 from nvsentinel.controllers.remediation.config import RemediationConfig
-from nvsentinel.controllers.runtime.controller import ControllerContext, Result
+from nvsentinel.controllers.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.controllers.runtime.informer import Informer
 from nvsentinel.healthevent.model import HealthEvent, Phase
 from nvsentinel.k8s import AlreadyExists, Forbidden, Invalid, KubeNotFound
@@ -94,12 +94,8 @@ class RemediationController:
         if obj is None:
             self._set_running(key, False)
             return None
-        try:
-            event = HealthEvent.from_dict(obj)
-        except (KeyError, TypeError, ValueError) as exc:
-            ctx.metrics.failures.labels(reason="InvalidHealthEvent").inc()
-            logger.warning("HealthEvent unreadable; not retried", extra={"kv": {
-                "healthevent": key, "error": str(exc)[:200]}})
+        event = read_event(obj, ctx)
+        if event is None:
             return None
         rule = logic.triage(event)
         self._set_running(key, event.status.phase is Phase.REMEDIATING)

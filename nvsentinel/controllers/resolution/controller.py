@@ -16,7 +16,7 @@ from typing import Any
 from nvsentinel.controllers.quarantine.logic import ownership_of
 from nvsentinel.controllers.resolution import logic
 from nvsentinel.controllers.resolution.config import ResolutionConfig
-from nvsentinel.controllers.runtime.controller import ControllerContext, Result
+from nvsentinel.controllers.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.controllers.runtime.informer import Informer
 from nvsentinel.healthevent.model import HealthEvent, HealthEventStatus
 from nvsentinel.k8s import KubeNotFound
@@ -148,12 +148,9 @@ class ResolutionController:
         for obj in self._events.list():
             if (obj.get("spec") or {}).get("nodeName") != node:
                 continue
-            try:
-                out.append(HealthEvent.from_dict(obj))
-            except (KeyError, TypeError, ValueError) as exc:  # the CRD schema should make this impossible
-                ctx.metrics.failures.labels(reason="InvalidHealthEvent").inc()
-                logger.warning("HealthEvent unreadable; skipped", extra={"kv": {
-                    "healthevent": (obj.get("metadata") or {}).get("name"), "error": str(exc)[:200]}})
+            event = read_event(obj, ctx)
+            if event is not None:
+                out.append(event)
         return out
 
     async def _write(self, event: HealthEvent, status: HealthEventStatus, ctx: ControllerContext, *,

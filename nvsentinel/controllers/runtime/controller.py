@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from nvsentinel.controllers.runtime.informer import Informer
 from nvsentinel.controllers.runtime.metrics import ControllerMetrics
 from nvsentinel.controllers.runtime.recorder import EventRecorder
 from nvsentinel.controllers.runtime.workqueue import WorkQueue
+from nvsentinel.healthevent.model import HealthEvent
 from nvsentinel.k8s import AsyncKube
 from nvsentinel.k8s.resources import Resource
 
-__all__ = ["Result", "ControllerContext", "Reconciler"]
+__all__ = ["Result", "ControllerContext", "Reconciler", "read_event"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,3 +64,19 @@ class Reconciler(Protocol):
 
     async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
         """Bring `key` to its desired state. Raise to retry with backoff."""
+
+
+def read_event(obj: Mapping[str, Any], ctx: ControllerContext) -> HealthEvent | None:
+    """The HealthEvent in a cached object, or None, counted and logged, when it cannot be read.
+
+    The CRD's schema should make that impossible, and a retry would read the same bytes, so the
+    caller skips it (no requeue).
+    """
+    try:
+        return HealthEvent.from_dict(obj)
+    except (KeyError, TypeError, ValueError) as exc:
+        ctx.metrics.failures.labels(reason="InvalidHealthEvent").inc()
+        logger.warning("HealthEvent unreadable; skipped", extra={"kv": {
+            "controller": ctx.name, "healthevent": (obj.get("metadata") or {}).get("name"),
+            "error": str(exc)[:200]}})
+        return None
