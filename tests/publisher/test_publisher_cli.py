@@ -112,7 +112,8 @@ def test_daemon_serves_probes_and_stops_on_sigterm(tmp_path):
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nvsentinel.daemons.publisher", "--kubeconfig", str(kubeconfig),
-             "--address", f"127.0.0.1:{free_port()}", "--node-name", "n1", "--health-port", str(port)],
+             # a socket path nothing listens on: a free TCP port could be taken by another server meanwhile
+             "--address", f"unix://{tmp_path}/nothing.sock", "--node-name", "n1", "--health-port", str(port)],
             stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             deadline = time.monotonic() + 20

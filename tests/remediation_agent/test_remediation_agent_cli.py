@@ -131,7 +131,7 @@ def test_daemon_serves_probes_with_nothing_reachable_and_stops_on_sigterm(tmp_pa
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nvsentinel.daemons.remediation_agent", "--kubeconfig", str(kubeconfig),
-             "--address", f"127.0.0.1:{free_port()}", "--health-port", str(port), "--metrics-port", str(mport)],
+             "--address", f"unix://{tmp_path}/nothing.sock", "--health-port", str(port), "--metrics-port", str(mport)],
             stdout=subprocess.DEVNULL, stderr=log,
             env={**env, "PYTHONUNBUFFERED": "1", "REMEDIATION_AGENT_NODE_NAME": "n1"})
         try:
