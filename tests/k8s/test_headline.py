@@ -312,7 +312,9 @@ def test_headline_xid79_to_reboot_to_resolved_to_ttl(world: World) -> None:
     w.kube.delete(PDBS_V1BETA1, "guard", w.ns)  # the test frees it
     rem = w.wait_phase(name, "Remediating")
     job = job_name(name, 1)
-    assert cond(rem, "Remediated")["reason"] == "RebootJobCreated" and set(w.jobs()) == {job}
+    assert cond(rem, "Remediated")["reason"] == "RebootJobCreated"
+    # the status is written before the Job is created (a crash in between repeats the create, never a reboot)
+    wait_until(lambda: set(w.jobs()) == {job}, what="exactly the one reboot Job", daemons=w.daemons())
     assert w.jobs()[job]["spec"]["template"]["spec"]["nodeName"] == w.node
     wait_until(lambda: w.metric("nvsentinel_remediation_controller_in_progress") == 1, what="in_progress gauge")
     finish_job(w.kube, w.ns, job, succeeded=True)
