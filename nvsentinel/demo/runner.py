@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from nvsentinel.devcluster.controlplane import die_with_parent
+from nvsentinel.devcluster.controlplane import with_parent_death
 from nvsentinel.demo.script import SCENARIOS, Observed, Scenario, summary_table, timeline_line
 
 __all__ = ["DemoError", "Demo"]
@@ -50,9 +50,10 @@ class Proc:
         self.log = workdir / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", f"nvsentinel.daemons.{module}", *args],
+            self.proc = subprocess.Popen(with_parent_death([sys.executable, "-m", f"nvsentinel.daemons.{module}",
+                                                            *args]),
                                          stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True, preexec_fn=die_with_parent)
+                                         start_new_session=True)
 
     def tail(self, n: int = 1500) -> str:
         try:

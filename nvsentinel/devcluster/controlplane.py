@@ -102,26 +102,16 @@ def kube_bin_dir(build_missing: bool = True, progress: Progress | None = None) -
     return bin_dir
 
 
-def _load_prctl() -> Callable[..., int]:
-    import ctypes
+def with_parent_death(argv: list[str]) -> list[str]:
+    """`argv`, run so that the child gets SIGTERM when its parent dies, even by SIGKILL: a killed test run
+    or demo never leaves an API server and etcd behind (Linux PR_SET_PDEATHSIG, set by util-linux's
+    `setpriv` right before it execs the command).
 
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (AttributeError, OSError):  # not Linux: children are stopped by stop() only
-        return lambda *args: 0
-
-
-#: Looked up once, in the parent: the child between fork and exec may not dlopen (another thread of
-#: a multi-threaded parent can hold the loader's lock at fork time; a test run crashed on it once).
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL, so a killed
-    test run or demo never leaves an API server and etcd behind (Linux prctl PR_SET_PDEATHSIG).
-    Only an already resolved C call: nothing here may allocate locks or load libraries."""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    Not a `preexec_fn`: Python code between fork and exec in a multi-threaded parent crashed in CI
+    (threading's after-fork hook). Without setpriv the child is stopped by `stop()` only.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 def free_port() -> int:
@@ -221,8 +211,8 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, preexec_fn=die_with_parent)
+        self.procs[name] = subprocess.Popen(with_parent_death(args), stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
     def _stop_proc(self, name: str) -> None:
