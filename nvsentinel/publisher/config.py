@@ -26,6 +26,21 @@ def check_node_name(name: str) -> None:
         raise ValueError(f"--node-name: {name!r} is not a Kubernetes node name (a lowercase DNS-1123 subdomain)")
 
 
+def check_node_daemon(health_port: int, metrics_port: int, node_name: str, log_format: str, log_level: str) -> None:
+    """The settings every node daemon with Kubernetes access shares (publisher, remediation agent)."""
+    for flag, port in (("--health-port", health_port), ("--metrics-port", metrics_port)):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{flag} must be 0..65535, got {port}")
+    if health_port and health_port == metrics_port:
+        raise ValueError("--health-port and --metrics-port must differ")
+    if node_name:
+        check_node_name(node_name)
+    if log_format not in ("plain", "full", "json"):
+        raise ValueError(f"--log-format must be plain, full or json, got {log_format!r}")
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PublisherSettings:
     address: str = setting(
@@ -72,14 +87,4 @@ class PublisherSettings:
             raise ValueError(f"--kube-qps must be 0..100000, got {self.kube_qps}")
         if not 1 <= self.kube_burst <= 100_000:
             raise ValueError(f"--kube-burst must be 1..100000, got {self.kube_burst}")
-        for flag, port in (("--health-port", self.health_port), ("--metrics-port", self.metrics_port)):
-            if not 0 <= port <= 65535:
-                raise ValueError(f"{flag} must be 0..65535, got {port}")
-        if self.health_port and self.health_port == self.metrics_port:
-            raise ValueError("--health-port and --metrics-port must differ")
-        if self.node_name:
-            check_node_name(self.node_name)
-        if self.log_format not in ("plain", "full", "json"):
-            raise ValueError(f"--log-format must be plain, full or json, got {self.log_format!r}")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        check_node_daemon(self.health_port, self.metrics_port, self.node_name, self.log_format, self.log_level)

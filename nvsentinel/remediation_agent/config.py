@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from nvsentinel.publisher.config import check_node_name
+from nvsentinel.publisher.config import check_node_daemon
 from nvsentinel.settings import setting
 
 __all__ = ["ENV_PREFIX", "RemediationAgentSettings", "effective_node_name"]
@@ -51,14 +51,4 @@ class RemediationAgentSettings:
             raise ValueError(f"--resync-period must be 0.1..86400 seconds, got {self.resync_period}")
         if not 0.1 <= self.backoff_max <= 3600:
             raise ValueError(f"--backoff-max must be 0.1..3600 seconds, got {self.backoff_max}")
-        for flag, port in (("--health-port", self.health_port), ("--metrics-port", self.metrics_port)):
-            if not 0 <= port <= 65535:
-                raise ValueError(f"{flag} must be 0..65535, got {port}")
-        if self.health_port and self.health_port == self.metrics_port:
-            raise ValueError("--health-port and --metrics-port must differ")
-        if self.node_name:
-            check_node_name(self.node_name)
-        if self.log_format not in ("plain", "full", "json"):
-            raise ValueError(f"--log-format must be plain, full or json, got {self.log_format!r}")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        check_node_daemon(self.health_port, self.metrics_port, self.node_name, self.log_format, self.log_level)
