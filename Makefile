@@ -28,4 +28,4 @@ report:             ## ratio tables from the saved benchmark JSON
 	$(PY) bench/report.py
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .hypothesis nvsentinel/*.so nvsentinel/_fake_nvml csrc/_*_c.c csrc/*.html
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis nvsentinel/*.so nvsentinel/devtools/_fake_nvml csrc/_*_c.c csrc/*.html

@@ -4,7 +4,7 @@ NVSENTINEL_NO_EXTENSIONS=1 builds a pure-Python package (the twins); otherwise a
 fails the build (no silent fallback, STYLE §4). NVSENTINEL_DEBUG_BUILD=1 gives a debug build.
 
 The fake libnvidia-ml (csrc/fake_nvml/, docs/fake-nvml.md) is a plain C shared library, not a Python
-extension; build_ext compiles it into nvsentinel/_fake_nvml/ on Linux. NVSENTINEL_NO_EXTENSIONS does
+extension; build_ext compiles it into nvsentinel/devtools/_fake_nvml/ on Linux. NVSENTINEL_NO_EXTENSIONS does
 not turn it off: it stands in for the NVIDIA driver, it has no pure-Python twin, and the pure-Python
 test run needs it as much as the compiled one. NVSENTINEL_NO_FAKE_NVML=1 leaves it out (a build
 without a C compiler sets both).
@@ -35,8 +35,8 @@ DEBUG_BUILD = bool(os.environ.get("NVSENTINEL_DEBUG_BUILD"))
 FAKE_NVML = sys.platform.startswith("linux") and not os.environ.get("NVSENTINEL_NO_FAKE_NVML")
 FAKE_NVML_DIR = "csrc/fake_nvml"
 # Not named libnvidia-ml.so.1 on purpose: a directory on LD_LIBRARY_PATH can never pick it up by
-# accident; nvsentinel.fake_nvml.load() preloads it by path and the SONAME does the rest (SPEC §5).
-FAKE_NVML_FILE = ("nvsentinel", "_fake_nvml", "libnvidia-ml-fake.so")
+# accident; nvsentinel.devtools.fake_nvml.load() preloads it by path and the SONAME does the rest (SPEC §5).
+FAKE_NVML_FILE = ("nvsentinel", "devtools", "_fake_nvml", "libnvidia-ml-fake.so")
 FAKE_NVML_SONAME = "libnvidia-ml.so.1"
 
 
@@ -197,9 +197,7 @@ def extensions() -> list[Extension]:
 
 setup(
     # daemons/ is installed as nvsentinel.daemons (SPEC §1): thin wrappers beside the library.
-    packages=find_packages(include=["nvsentinel", "nvsentinel.*"])
-    + ["nvsentinel.daemons"]
-    + [f"nvsentinel.daemons.{p}" for p in find_packages("daemons")],
+    packages=find_packages(include=["nvsentinel", "nvsentinel.*"]) + ["nvsentinel.daemons"],
     package_dir={"nvsentinel.daemons": "daemons"},
     ext_modules=extensions(),
     cmdclass={"build_py": BuildPyWithProtos, "build_ext": BuildExtWithFakeNvml},

@@ -65,11 +65,11 @@ def empty_handler(fn) -> grpc.GenericRpcHandler:
 
 
 async def serve_aio(argv: list[str]) -> None:
-    from nvsentinel.api.config import ENV_PREFIX, DeviceApiSettings
-    from nvsentinel.api.server import DeviceApiServer
+    from nvsentinel.node.api.config import ENV_PREFIX, DeviceApiSettings
+    from nvsentinel.node.api.server import DeviceApiServer
     from nvsentinel.daemons.device_api_server import add_parser_arguments
-    from nvsentinel.logs import configure_logging
-    from nvsentinel.settings import resolve
+    from nvsentinel.service.logs import configure_logging
+    from nvsentinel.service.settings import resolve
 
     parser = argparse.ArgumentParser(prog="bench/api_server.py")
     add_parser_arguments(parser)

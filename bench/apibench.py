@@ -31,8 +31,8 @@ from typing import Any
 
 import grpc
 
-from nvsentinel import benchmarks
 from nvsentinel._proto import gpu_pb2
+from nvsentinel.devtools import benchmarks
 
 HERE = pathlib.Path(__file__).resolve().parent
 

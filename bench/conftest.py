@@ -2,7 +2,7 @@
 
 Every case is parametrized by `impl`: "c" (compiled, marked `c_extension`), "py" (the twin) and,
 where the case has one, "baseline" (dict + Lock) or "floor" (the physical floor). The workloads
-come from `nvsentinel.benchmarks`, the same ones `nvsentinel bench` times.
+come from `nvsentinel.devtools.benchmarks`, the same ones `nvsentinel bench` times.
 
 `NVSENTINEL_NO_EXTENSIONS=1` (or `--no-c-extensions` when tests/conftest.py is loaded too)
 deselects the compiled cases. `pytest bench --benchmark-disable` runs each case once, on the
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nvsentinel import benchmarks
+from nvsentinel.devtools import benchmarks
 
 # Child Pythons the benches start (daemons, servers) must import the installed package, never the
 # source tree in the working directory (as tests/conftest.py does for the tests).

@@ -31,7 +31,7 @@ import re
 import sys
 from typing import Any
 
-from nvsentinel.benchmarks import format_ns, format_ratio
+from nvsentinel.devtools.benchmarks import format_ns, format_ratio
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMPL_ORDER = ("c", "py", "baseline", "floor")

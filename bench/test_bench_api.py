@@ -26,10 +26,10 @@ import grpc
 import pytest
 
 import apibench
-from nvsentinel import benchmarks
 from nvsentinel import store as store_mod
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.api import wire
+from nvsentinel.devtools import benchmarks
+from nvsentinel.node.api import wire
 
 ROUNDS = 3000
 WARMUP = 300

@@ -36,10 +36,10 @@ from cluster import ControlPlane  # noqa: E402
 from kubelet import make_node, make_nodes  # noqa: E402
 from procs import Daemon, wait_until  # noqa: E402
 
-from nvsentinel.catalog import Action  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent import LABEL_NODE, Entity, HealthEvent, HealthEventSpec, utcnow  # noqa: E402
-from nvsentinel.healthevent.crd import install_crd  # noqa: E402
+from nvsentinel.xid import Action  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import LABEL_NODE, Entity, HealthEvent, HealthEventSpec, utcnow  # noqa: E402
+from nvsentinel.k8s.crd import install_crd  # noqa: E402
 from nvsentinel.k8s import AlreadyExists, Kube  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES, NODES  # noqa: E402
 

@@ -40,8 +40,8 @@ from procs import Daemon, wait_until  # noqa: E402
 from test_bench_chain import TAINT, CordonWatch  # noqa: E402
 from test_bench_drain import Kubelet  # noqa: E402
 
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent.crd import install_crd  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.k8s.crd import install_crd  # noqa: E402
 from nvsentinel.k8s import AlreadyExists, Kube, ServerUnavailable  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES, NODES, PODS  # noqa: E402
 

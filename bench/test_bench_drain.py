@@ -37,9 +37,9 @@ from cluster import ControlPlane  # noqa: E402
 from kubelet import delete_nodes, make_nodes, run_pod  # noqa: E402
 from procs import Daemon  # noqa: E402
 
-from nvsentinel.catalog import Action  # noqa: E402
-from nvsentinel.healthevent import Entity, HealthEvent, HealthEventSpec, utcnow  # noqa: E402
-from nvsentinel.healthevent.crd import install_crd  # noqa: E402
+from nvsentinel.xid import Action  # noqa: E402
+from nvsentinel.policy.healthevent import Entity, HealthEvent, HealthEventSpec, utcnow  # noqa: E402
+from nvsentinel.k8s.crd import install_crd  # noqa: E402
 from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound, ServerUnavailable  # noqa: E402
 from nvsentinel.k8s.kube import load_api_client  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES, PODS  # noqa: E402

@@ -1,4 +1,4 @@
-"""Watch fan-out benchmarks (SPEC §9): compiled vs twin, workloads from nvsentinel.benchmarks.
+"""Watch fan-out benchmarks (SPEC §9): compiled vs twin, workloads from nvsentinel.devtools.benchmarks.
 
 Targets: publishing cost independent of the subscriber count (256 subscribers ≤ 2× one); delivery
 of 10 000 events to each of 256 subscribers ≥ 5× the twin, every subscriber gap-free and in order.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from nvsentinel.benchmarks import PUBLISH_SUBSCRIBERS
+from nvsentinel.devtools.benchmarks import PUBLISH_SUBSCRIBERS
 
 
 @pytest.mark.parametrize("impl", ["c", "py"])

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "k8s"))
 from cluster import ControlPlane  # noqa: E402
 
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.healthevent.crd import install_crd  # noqa: E402
-from nvsentinel.healthevent.model import LABEL_NODE  # noqa: E402
+from nvsentinel.k8s.crd import install_crd  # noqa: E402
+from nvsentinel.policy.healthevent import LABEL_NODE  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS  # noqa: E402
-from nvsentinel.publisher.logic import Context, observe  # noqa: E402
-from nvsentinel.catalog import default_catalog  # noqa: E402
-from nvsentinel.publisher.publisher import Publisher  # noqa: E402
+from nvsentinel.node.publisher.logic import Context, observe  # noqa: E402
+from nvsentinel.xid import default_catalog  # noqa: E402
+from nvsentinel.node.publisher.publisher import Publisher  # noqa: E402
 
 GPUS = 256
 QUICK_GPUS = 16

@@ -39,9 +39,9 @@ from cluster import ControlPlane  # noqa: E402
 from kubelet import finish_job, make_node  # noqa: E402
 from procs import Daemon  # noqa: E402
 
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent import LABEL_NODE, HealthEvent, HealthEventSpec, utcnow  # noqa: E402
-from nvsentinel.healthevent.crd import install_crd  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventSpec, utcnow  # noqa: E402
+from nvsentinel.k8s.crd import install_crd  # noqa: E402
 from nvsentinel.k8s import Kube  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, NAMESPACES  # noqa: E402
 

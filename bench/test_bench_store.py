@@ -1,4 +1,4 @@
-"""GPU store benchmarks (SPEC §9): compiled vs twin vs baseline, workloads from nvsentinel.benchmarks.
+"""GPU store benchmarks (SPEC §9): compiled vs twin vs baseline, workloads from nvsentinel.devtools.benchmarks.
 
 Targets: get and update-status (RV checked, expected = current) ≥ 5× the twin; a list of 1024
 GPUs as wire bytes within 2× of `b"".join` over the stored per-GPU bytes. Churn has no target.

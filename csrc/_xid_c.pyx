@@ -21,7 +21,7 @@ from xid_scan cimport xid_find, xid_next_anchor, xid_rfind
 
 from nvsentinel import _xid_types as _t
 from nvsentinel._xid_types import Location, NvLink5, XidEvent, normalize_pci
-from nvsentinel.catalog import default_catalog
+from nvsentinel._xid_catalog import default_catalog
 
 __all__ = ["Decoder", "decode_line"]
 
@@ -569,7 +569,7 @@ cdef class Decoder:
     # The state lives here, not in a .pxd: setup.py names the module nvsentinel._xid_c from
     # csrc/_xid_c.pyx, and Cython only pairs a .pxd found at nvsentinel/_xid_c.pxd.
     cdef:
-        object _catalog             # nvsentinel.catalog.Catalog
+        object _catalog             # nvsentinel._xid_catalog.Catalog
         object _classify            # its bound classify()
         dict _classes               # classify() arguments tuple -> Classification (memo)
         dict _by_code               # plain XID error code -> Classification (the common memo)

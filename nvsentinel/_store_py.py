@@ -40,8 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nvsentinel import types as _t
-from nvsentinel._pbwire import varint
 from nvsentinel._fanout_py import FanOut, Subscription, WatchEvent
+from nvsentinel._pbwire import varint
 from nvsentinel.errors import Conflict, InvalidObject, LimitExceeded, NotFound
 
 __all__ = ["GpuStore", "GpuRecord", "is_valid_gpu_name"]

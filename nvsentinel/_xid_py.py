@@ -45,6 +45,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from nvsentinel._xid_catalog import Catalog, default_catalog
 from nvsentinel._xid_types import (
     CLOCK_MONOTONIC,
     CLOCK_REALTIME,
@@ -64,7 +65,6 @@ from nvsentinel._xid_types import (
     XidEvent,
     normalize_pci,
 )
-from nvsentinel.catalog import Catalog, default_catalog
 
 __all__ = ["Decoder", "decode_line"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Final, NamedTuple
 
-from nvsentinel.catalog import Classification
+from nvsentinel._xid_catalog import Classification
 
 __all__ = [
     "KIND_XID",
@@ -145,7 +145,7 @@ class XidEvent(NamedTuple):
     warnings: tuple[str, ...]
     """Parse warnings for best-effort events (see the `WARN_*` constants)."""
     classification: Classification
-    """What it means and what to do, from `nvsentinel.catalog` (the one policy table)."""
+    """What it means and what to do, from the XID catalog (`nvsentinel.xid.classify`)."""
     raw: str
     """The record as read (lines joined with `\\n` for a multi-line record)."""
 

@@ -3,7 +3,8 @@
 Picks the compiled decoder (`nvsentinel._xid_c`) unless `NVSENTINEL_NO_EXTENSIONS` is set;
 `IMPLEMENTATION` says which one is loaded. Both return identical events (one test suite, a
 differential property test); the grammar and the full contract are documented on the twin,
-`nvsentinel._xid_py`. Classification comes from `nvsentinel.catalog`, the one policy table.
+`nvsentinel._xid_py`. Every event is classified with the XID catalog (`nvsentinel._xid_catalog`,
+exported here): the one table of what an XID means and what to do, with site overrides.
 
     >>> from nvsentinel import xid
     >>> ev = xid.decode_line("[ 1108.858286] NVRM: Xid (PCI:0000:b3:00.0): 79, pid=1234, name=python, Ch 00000001")
@@ -21,6 +22,23 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Literal
 
 from nvsentinel._compat import NO_EXTENSIONS
+from nvsentinel._xid_catalog import (
+    NVLINK5_XIDS,
+    RECOVERY_ACTION_CODES,
+    RECOVERY_ACTION_NAMES,
+    Action,
+    Catalog,
+    CatalogEntry,
+    Classification,
+    Override,
+    classify,
+    default_catalog,
+    load_catalog,
+    load_overrides,
+    parse_overrides,
+    read_catalog_csv,
+    recovery_action_to_action,
+)
 from nvsentinel._xid_dedup import DedupedEvent, Deduper, dedup_key, dedupe
 from nvsentinel._xid_types import (
     CLOCK_MONOTONIC,
@@ -39,14 +57,6 @@ from nvsentinel._xid_types import (
     XidEvent,
     normalize_pci,
 )
-from nvsentinel.catalog import (
-    Action,
-    Catalog,
-    Classification,
-    classify,
-    default_catalog,
-    load_catalog,
-)
 
 __all__ = [
     "IMPLEMENTATION",
@@ -64,10 +74,19 @@ __all__ = [
     "normalize_pci",
     "Action",
     "Catalog",
+    "CatalogEntry",
     "Classification",
+    "Override",
     "classify",
     "default_catalog",
     "load_catalog",
+    "load_overrides",
+    "parse_overrides",
+    "read_catalog_csv",
+    "recovery_action_to_action",
+    "RECOVERY_ACTION_NAMES",
+    "RECOVERY_ACTION_CODES",
+    "NVLINK5_XIDS",
     "KINDS",
     "KIND_XID",
     "KIND_SXID",

@@ -449,7 +449,7 @@ def test_fake_nvml_is_never_loaded_implicitly():
     "nvsentinel.egg-info/PKG-INFO", "tests/test_container.py", "bench/run", "docs/operations.md",
     "charts/nvsentinel/values.yaml", ".pytest_cache/README.md", ".hypothesis/examples/x",
     "nvsentinel/__pycache__/cli.cpython-311.pyc", "nvsentinel/_store_c.cpython-311-x86_64-linux-gnu.so",
-    "nvsentinel/_fake_nvml/libnvidia-ml-fake.so", "nvsentinel/_proto/gpu_pb2.py", "csrc/_store_c.c",
+    "nvsentinel/devtools/_fake_nvml/libnvidia-ml-fake.so", "nvsentinel/_proto/gpu_pb2.py", "csrc/_store_c.c",
 ])
 def test_dockerignore_keeps_out_what_the_image_must_not_contain(path):
     """Verify local environments, VCS, tests and in-place build output never reach the context."""
@@ -513,19 +513,17 @@ def test_wheel_has_the_console_script(image_wheel):
 
 @pytest.mark.c_extension
 def test_wheel_has_every_entry_point_the_image_and_chart_use(image_wheel):
-    """Verify each command the chart runs and each image command has its CLI module and daemon package
-    in the wheel (the CLI silently drops a command whose module is missing)."""
+    """Verify each command the chart runs and each image command has its module in the wheel (a daemon
+    is both `nvsentinel <command>` and `python -m nvsentinel.daemons.<module>`)."""
     names = set(image_wheel.namelist())
     chart = _chart_commands()
     assert chart, "no `command: [nvsentinel, ...]` found in charts/nvsentinel/templates"
     assert chart <= set(IMAGE_COMMANDS), f"the chart runs commands the image does not list: {chart}"
     for command in set(IMAGE_COMMANDS) | chart:
-        module = command.replace("-", "_")
-        assert f"nvsentinel/commands/{module}.py" in names, command
-        for part in ("__init__.py", "__main__.py"):
-            assert f"nvsentinel/daemons/{module}/{part}" in names, f"{command}: daemons/{module}/{part}"
+        assert command in cli.DAEMONS, command
+        assert f"{cli.module_of(command).replace('.', '/')}.py" in names, command
     for command in cli.COMMAND_MODULES:
-        assert f"nvsentinel/commands/{command.replace('-', '_')}.py" in names, command
+        assert f"{cli.module_of(command).replace('.', '/')}.py" in names, command
 
 
 @pytest.mark.c_extension
@@ -554,6 +552,6 @@ def test_wheel_ships_the_fake_nvml_under_a_name_nothing_loads_by_accident(image_
     """Verify the fake libnvidia-ml is in the wheel for explicit --fake-nvml use only: no file is named
     like the real library, so no loader search can pick it up (SPEC §5)."""
     names = image_wheel.namelist()
-    assert "nvsentinel/_fake_nvml/libnvidia-ml-fake.so" in names
+    assert "nvsentinel/devtools/_fake_nvml/libnvidia-ml-fake.so" in names
     assert not [n for n in names if pathlib.PurePosixPath(n).name.startswith("libnvidia-ml.so")]
 

@@ -1,7 +1,7 @@
 """The demo's script and report (pure): what each scenario must end in, and how the summary judges it."""
 from __future__ import annotations
 
-from nvsentinel.demo.script import SCENARIOS, Observed, summary_table, verdict
+from nvsentinel.devtools.demo.script import SCENARIOS, Observed, summary_table, verdict
 
 BY_KEY = {s.key: s for s in SCENARIOS}
 

@@ -57,7 +57,7 @@ def test_structured_log_formats():
     import json
     import logging
 
-    from nvsentinel.logs import JsonFormatter, KeyValueFormatter
+    from nvsentinel.service.logs import JsonFormatter, KeyValueFormatter
 
     record = logging.LogRecord("nvsentinel.x", logging.INFO, __file__, 1, "watch evicted", (), None)
     record.kv = {"subscriber": 3, "reason": "fell behind"}

@@ -24,9 +24,9 @@ import textwrap
 import yaml
 
 from nvsentinel import cli
-from nvsentinel.catalog import Action
-from nvsentinel.controllers.remediation.logic import HELD_REASONS
-from nvsentinel.healthevent.model import ConditionType, HealthEvent, Phase
+from nvsentinel.cluster.remediation.logic import HELD_REASONS
+from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase
+from nvsentinel.xid import Action
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "operations.md"
@@ -202,9 +202,9 @@ def test_reasons_phases_and_actions_named_are_the_code_s_own():
 
 def test_the_quarantine_annotation_and_taint_key_are_the_code_s():
     """Verify the annotation and taint key the manual steps remove are the ones quarantine writes."""
-    from nvsentinel.controllers.quarantine.config import QuarantineConfig
-    from nvsentinel.controllers.quarantine.logic import ANNOTATION
-    from nvsentinel.controllers.remediation.logic import STRATEGY_ANNOTATION
+    from nvsentinel.cluster.quarantine.config import QuarantineConfig
+    from nvsentinel.cluster.quarantine.logic import ANNOTATION
+    from nvsentinel.cluster.remediation.logic import STRATEGY_ANNOTATION
 
     commands = shell_commands(doc())
     taint = f"{QuarantineConfig().taint_key}:{QuarantineConfig().taint_effect}-"

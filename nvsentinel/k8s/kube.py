@@ -1,7 +1,7 @@
 """One Kubernetes client for nvsentinel: the official `kubernetes` client's transport, dict JSON.
 
 Why not the generated API classes: the controllers work on plain JSON (their models are ours,
-`nvsentinel.healthevent`), need merge patches on any resource, custom resources and raw watch
+`nvsentinel.policy.healthevent`), need merge patches on any resource, custom resources and raw watch
 streams with bookmarks, and must put every call behind one rate limiter. The official client still
 does what it is good at: kubeconfig/in-cluster loading, TLS, auth (tokens, exec plugins, certs).
 
@@ -25,7 +25,7 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from nvsentinel.k8s.errors import KubeError, ServerUnavailable, error_from_response
+from nvsentinel.k8s.errors import ServerUnavailable, error_from_response
 from nvsentinel.k8s.resources import Resource
 
 logger = logging.getLogger(__name__)

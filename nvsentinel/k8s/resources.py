@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import quote
 
-from nvsentinel.healthevent.model import GROUP, KIND, PLURAL, VERSION
+from nvsentinel.policy.healthevent import GROUP, KIND, PLURAL, VERSION
 
 __all__ = ["Resource", "NODES", "PODS", "EVENTS", "NAMESPACES", "CONFIGMAPS", "LEASES", "JOBS", "HEALTHEVENTS",
            "CRDS", "PDBS_V1BETA1"]

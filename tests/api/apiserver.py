@@ -17,8 +17,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from nvsentinel.api.config import DeviceApiSettings
-from nvsentinel.api.server import DeviceApiServer
+from nvsentinel.node.api.config import DeviceApiSettings
+from nvsentinel.node.api.server import DeviceApiServer
 
 
 def socket_dir() -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from apiserver import ThreadServer, temp_socket_dir, make_settings
 
-from nvsentinel.client import DeviceApiClient
+from nvsentinel.node.client import DeviceApiClient
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from gpus import gpu, gpu_name, status
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nvsentinel import errors
-from nvsentinel.api.config import ENV_PREFIX, DeviceApiSettings
-from nvsentinel.client import DeviceApiClient, GpuInformer
-from nvsentinel.settings import SettingsError, resolve
+from nvsentinel.node.api.config import ENV_PREFIX, DeviceApiSettings
+from nvsentinel.node.client import DeviceApiClient
+from nvsentinel.node.informer import GpuInformer
+from nvsentinel.service.settings import SettingsError, resolve
 
 A, B, C = gpu_name(1), gpu_name(2), gpu_name(3)
 SERVICE = "nvidia.device.v1alpha1.GpuService"
@@ -117,7 +118,7 @@ def test_settings_precedence_and_validation():
     """Verify flags > DEVICE_API_* environment > defaults, and clear errors naming the flag or variable."""
     import argparse
 
-    from nvsentinel.settings import add_arguments
+    from nvsentinel.service.settings import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, DeviceApiSettings, ENV_PREFIX)

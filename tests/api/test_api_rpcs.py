@@ -68,7 +68,7 @@ def test_error_codes(client, call, error):
 
 def test_gpu_limit_is_resource_exhausted(make_server):
     """Verify creating past max_gpus gives RESOURCE_EXHAUSTED."""
-    from nvsentinel.client import DeviceApiClient
+    from nvsentinel.node.client import DeviceApiClient
 
     server = make_server(max_gpus=2)
     with DeviceApiClient(server.tcp) as c:

@@ -11,7 +11,7 @@ from gpus import gpu, gpu_name, status
 
 from nvsentinel import errors
 from nvsentinel._proto import gpu_pb2, gpu_pb2_grpc
-from nvsentinel.client import DeviceApiClient
+from nvsentinel.node.client import DeviceApiClient
 
 A, B, C = gpu_name(1), gpu_name(2), gpu_name(3)
 

@@ -6,7 +6,8 @@ import time
 
 from gpus import gpu, gpu_name, status
 
-from nvsentinel.client import DeviceApiClient, GpuInformer
+from nvsentinel.node.client import DeviceApiClient
+from nvsentinel.node.informer import GpuInformer
 
 A, B, C = gpu_name(1), gpu_name(2), gpu_name(3)
 

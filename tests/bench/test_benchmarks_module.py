@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from nvsentinel import benchmarks
-from nvsentinel.commands import bench as bench_command
+from nvsentinel.cli.commands import bench as bench_command
+from nvsentinel.devtools import benchmarks
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvsentinel.controllers.quarantine.breaker import (
+from nvsentinel.policy.breaker import (
     CLOSED, TRIPPED, BreakerPolicy, BreakerState, counted_cordons, evaluate,
 )
 

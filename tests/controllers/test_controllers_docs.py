@@ -5,9 +5,9 @@ import argparse
 import pathlib
 import re
 
-from nvsentinel.controllers.config import ControllersSettings
+from nvsentinel.cluster.settings import ControllersSettings
 from nvsentinel.daemons import controllers as daemon
-from nvsentinel.settings import resolve
+from nvsentinel.service.settings import resolve
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "controllers.md"
 

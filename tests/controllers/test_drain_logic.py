@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from nvsentinel.controllers.drain import logic
-from nvsentinel.controllers.drain.config import DrainConfig
-from nvsentinel.healthevent.model import (
+from nvsentinel.cluster.drain import logic
+from nvsentinel.cluster.drain.config import DrainConfig
+from nvsentinel.policy.healthevent import (
     Condition, ConditionType, HealthEvent, HealthEventSpec, HealthEventStatus, OverrideFlags, Overrides, Phase,
 )
 

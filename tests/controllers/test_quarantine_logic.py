@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from nvsentinel.controllers.quarantine import logic
-from nvsentinel.controllers.quarantine.breaker import BreakerPolicy, BreakerState
-from nvsentinel.controllers.quarantine.config import QuarantineConfig
-from nvsentinel.healthevent.model import (
+from nvsentinel.cluster.quarantine import logic
+from nvsentinel.cluster.quarantine.config import QuarantineConfig
+from nvsentinel.policy.breaker import BreakerPolicy, BreakerState
+from nvsentinel.policy.healthevent import (
     Condition, ConditionType, HealthEvent, HealthEventSpec, HealthEventStatus, OverrideFlags, Overrides, Phase,
 )
 

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvsentinel.catalog import Action
-from nvsentinel.controllers.remediation import logic
-from nvsentinel.controllers.remediation.config import RemediationConfig
-from nvsentinel.healthevent.model import (
+from nvsentinel.cluster.remediation import logic
+from nvsentinel.cluster.remediation.config import RemediationConfig
+from nvsentinel.policy.healthevent import (
     Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Phase, format_time,
 )
+from nvsentinel.xid import Action
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
 CFG = RemediationConfig(namespace="nvs", remediation_backoff=10.0, remediation_max_attempts=3)

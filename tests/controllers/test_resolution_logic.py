@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from nvsentinel.controllers.quarantine.logic import ANNOTATION, Ownership
-from nvsentinel.controllers.resolution import logic
-from nvsentinel.controllers.resolution.config import ResolutionConfig
-from nvsentinel.healthevent.model import (
+from nvsentinel.cluster.quarantine.logic import ANNOTATION, Ownership
+from nvsentinel.cluster.resolution import logic
+from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.policy.healthevent import (
     Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Phase,
 )
 

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from nvsentinel.controllers.ttl.policy import (
+from nvsentinel.policy.ttl import (
     Item, Policy, PolicyError, item_from_obj, parse_duration, parse_policy, plan_cleanup,
 )
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvsentinel.controllers.runtime.workqueue import ShutDown, WorkQueue
+from nvsentinel.k8s.runtime.workqueue import ShutDown, WorkQueue
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import datetime as dt
 
 from hypothesis import strategies as st
 
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent.model import (
+from nvsentinel.policy.healthevent import (
     Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Maintenance, OverrideFlags,
     Overrides, Phase,
 )
+from nvsentinel.xid import Action
 
 # format_time writes years below 1000 without zero padding, which nothing parses back (see the
 # report to the model's owner); real events are recent, so draw from a generous modern range.

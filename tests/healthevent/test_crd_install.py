@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from nvsentinel.healthevent import crd as crd_mod
+from nvsentinel.k8s import crd as crd_mod
 from nvsentinel.k8s.errors import AlreadyExists, KubeConflict, KubeNotFound
 from nvsentinel.k8s.resources import CRDS, HEALTHEVENTS
 

@@ -15,12 +15,12 @@ import yaml
 from healthevent_strategies import events
 from hypothesis import given
 
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent import crd as crd_mod
-from nvsentinel.healthevent.model import (
+from nvsentinel.k8s import crd as crd_mod
+from nvsentinel.policy.healthevent import (
     GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, Condition, ConditionType, Entity, HealthEvent,
     HealthEventSpec, HealthEventStatus, Maintenance, OverrideFlags, Overrides, Phase,
 )
+from nvsentinel.xid import Action
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGED = ROOT / "nvsentinel" / "data" / "crds" / "healthevents.nvsentinel.nvidia.com.yaml"

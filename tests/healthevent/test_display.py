@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from nvsentinel.healthevent import display
-from nvsentinel.healthevent.model import API_VERSION, KIND
+from nvsentinel.cli.views import display
+from nvsentinel.policy.healthevent import API_VERSION, KIND
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -9,11 +9,11 @@ import pytest
 from healthevent_strategies import events, statuses, times
 from hypothesis import given
 
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent.model import (
+from nvsentinel.policy.healthevent import (
     API_VERSION, KIND, Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Phase,
     format_time, parse_time,
 )
+from nvsentinel.xid import Action
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

@@ -27,13 +27,13 @@ def _families(registry: CollectorRegistry) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, set[str]]]:
     """Exposition name → {label: values seen} over every registry the daemons build."""
-    from nvsentinel.api.metrics import ServerMetrics
-    from nvsentinel.controllers.app import build_manager
-    from nvsentinel.controllers.config import ControllersSettings
+    from nvsentinel.node.api.metrics import ServerMetrics
+    from nvsentinel.cluster.app import build_manager
+    from nvsentinel.cluster.settings import ControllersSettings
     from nvsentinel.daemons.controllers import CONTROLLER_CONFIGS
     from nvsentinel.k8s import Kube
-    from nvsentinel.publisher.publisher import PublisherMetrics
-    from nvsentinel.remediation_agent.agent import RemediationAgentMetrics
+    from nvsentinel.node.publisher.publisher import PublisherMetrics
+    from nvsentinel.node.remediation_agent.agent import RemediationAgentMetrics
     from nvsentinel.store import GpuStore
 
     # the controllers' metrics are registered by the Manager and each controller's setup(); build

@@ -10,22 +10,22 @@ from typing import Any
 import pytest
 from helmchart import ALL_FEATURES, CONTROLLERS, Helm, by_kind, containers
 
-from nvsentinel.api.config import ENV_PREFIX as DEVICE_API_PREFIX
-from nvsentinel.api.config import DeviceApiSettings
 from nvsentinel.cli import build_parser
-from nvsentinel.controllers.config import ENV_PREFIX as CONTROLLERS_PREFIX
-from nvsentinel.controllers.config import ControllersSettings
-from nvsentinel.controllers.ttl.policy import parse_duration, parse_policy
+from nvsentinel.cluster.settings import ControllersSettings
+from nvsentinel.cluster.settings import ENV_PREFIX as CONTROLLERS_PREFIX
 from nvsentinel.daemons.controllers import CONTROLLER_CONFIGS
-from nvsentinel.kmsg.config import ENV_PREFIX as KMSG_PREFIX
-from nvsentinel.kmsg.config import KmsgMonitorSettings
-from nvsentinel.nvml.config import ENV_PREFIX as NVML_PREFIX
-from nvsentinel.nvml.config import NvmlProviderSettings
-from nvsentinel.publisher.config import ENV_PREFIX as PUBLISHER_PREFIX
-from nvsentinel.publisher.config import PublisherSettings
-from nvsentinel.remediation_agent.config import ENV_PREFIX as AGENT_PREFIX
-from nvsentinel.remediation_agent.config import RemediationAgentSettings
-from nvsentinel.settings import resolve
+from nvsentinel.node.api.config import DeviceApiSettings
+from nvsentinel.node.api.config import ENV_PREFIX as DEVICE_API_PREFIX
+from nvsentinel.node.kmsg.config import ENV_PREFIX as KMSG_PREFIX
+from nvsentinel.node.kmsg.config import KmsgMonitorSettings
+from nvsentinel.node.nvml.config import ENV_PREFIX as NVML_PREFIX
+from nvsentinel.node.nvml.config import NvmlProviderSettings
+from nvsentinel.node.publisher.config import ENV_PREFIX as PUBLISHER_PREFIX
+from nvsentinel.node.publisher.config import PublisherSettings
+from nvsentinel.node.remediation_agent.config import ENV_PREFIX as AGENT_PREFIX
+from nvsentinel.node.remediation_agent.config import RemediationAgentSettings
+from nvsentinel.policy.ttl import parse_duration, parse_policy
+from nvsentinel.service.settings import resolve
 
 #: subcommand → the settings dataclasses its flags resolve into, with their env prefix
 SETTINGS: dict[str, list[tuple[type, str]]] = {

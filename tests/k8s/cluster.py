@@ -1,4 +1,4 @@
-"""The tests' control plane: `nvsentinel.devcluster` (shipped with the package for `nvsentinel demo`).
+"""The tests' control plane: `nvsentinel.devtools.devcluster` (shipped with the package for `nvsentinel demo`).
 
 By hand (from the repository root):
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from nvsentinel.devcluster.controlplane import (  # noqa: F401 - re-exported for the tests
+from nvsentinel.devtools.devcluster.controlplane import (  # noqa: F401 - re-exported for the tests
     BUILD_SCRIPT, WANT_VERSION, ControlPlane, free_port, kube_bin_dir, kube_cache_dir,
 )
 

@@ -34,7 +34,7 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
 
 @pytest.fixture(scope="session")
 def crd_installed(control_plane: ControlPlane) -> None:
-    from nvsentinel.healthevent.crd import install_crd
+    from nvsentinel.k8s.crd import install_crd
 
     k = control_plane.kube()
     try:

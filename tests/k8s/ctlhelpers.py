@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.controllers.quarantine.logic import ANNOTATION
-from nvsentinel.controllers.runtime.manager import Manager
+from nvsentinel.cluster.quarantine.logic import ANNOTATION
 from nvsentinel.k8s import AsyncKube, Kube
+from nvsentinel.k8s.runtime.manager import Manager
 
 
 @contextlib.asynccontextmanager

@@ -30,15 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
 from apiserver import SubprocessServer  # noqa: E402
 from nvml_fake_helpers import UUIDS  # noqa: E402
 
-from nvsentinel.catalog import Action  # noqa: E402
-from nvsentinel.controllers.quarantine.config import QuarantineConfig  # noqa: E402
-from nvsentinel.controllers.quarantine.controller import QuarantineController  # noqa: E402
-from nvsentinel.controllers.runtime.manager import Manager  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent import (  # noqa: E402
+from nvsentinel.xid import Action  # noqa: E402
+from nvsentinel.cluster.quarantine.config import QuarantineConfig  # noqa: E402
+from nvsentinel.cluster.quarantine.controller import QuarantineController  # noqa: E402
+from nvsentinel.k8s.runtime.manager import Manager  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import (  # noqa: E402
     LABEL_NODE, Entity, HealthEvent, HealthEventSpec, Phase, utcnow,
 )
-from nvsentinel.k8s import AlreadyExists, AsyncKube, Forbidden, Kube, KubeConflict  # noqa: E402
+from nvsentinel.k8s import AlreadyExists, AsyncKube, Forbidden, Kube  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, LEASES, NAMESPACES, NODES  # noqa: E402
 
 TAINT = "nvsentinel.nvidia.com/quarantine"

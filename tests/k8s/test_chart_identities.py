@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from apiserver import SubprocessServer  # noqa: E402
 from helmchart import CHART, Helm  # noqa: E402
 
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent import LABEL_NODE  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import LABEL_NODE  # noqa: E402
 from nvsentinel.k8s import Forbidden, Kube, KubeNotFound  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, NAMESPACES, NODES, PODS  # noqa: E402
 

@@ -18,10 +18,10 @@ import yaml
 from cluster import ControlPlane
 from rbac import CLUSTERROLEBINDINGS, CLUSTERROLES, ROLEBINDINGS, ROLES, SERVICEACCOUNTS
 
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent.model import LABEL_NODE, Entity, HealthEvent, HealthEventSpec, utcnow
 from nvsentinel.k8s import Invalid, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, CRDS, HEALTHEVENTS, NAMESPACES, PDBS_V1BETA1, Resource
+from nvsentinel.policy.healthevent import LABEL_NODE, Entity, HealthEvent, HealthEventSpec, utcnow
+from nvsentinel.xid import Action
 
 # the helm driver lives with the offline chart tests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helm"))

@@ -16,9 +16,9 @@ import uuid
 import pytest
 import yaml
 
-from nvsentinel.healthevent.model import LABEL_NODE, LABEL_SOURCE
 from nvsentinel.k8s import KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS
+from nvsentinel.policy.healthevent import LABEL_NODE, LABEL_SOURCE
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -23,11 +23,11 @@ import yaml
 from kubelet import delete_nodes, make_node
 from rbac import CLUSTERROLEBINDINGS, CLUSTERROLES, service_account_kubeconfig
 
-from nvsentinel.controllers.quarantine.config import BREAKER_CONFIGMAP
-from nvsentinel.controllers.quarantine.logic import ANNOTATION
-from nvsentinel.healthevent.model import LABEL_NODE, format_time, utcnow
+from nvsentinel.cluster.quarantine.config import BREAKER_CONFIGMAP
+from nvsentinel.cluster.quarantine.logic import ANNOTATION
 from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS, NAMESPACES, NODES
+from nvsentinel.policy.healthevent import LABEL_NODE, format_time, utcnow
 
 LABEL = "nvsentinel-test/status"
 TAINT = {"key": "nvsentinel.nvidia.com/quarantine", "value": "true", "effect": "NoSchedule"}

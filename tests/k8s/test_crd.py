@@ -12,14 +12,14 @@ import uuid
 
 import pytest
 
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent.crd import CRD_NAME, crd_manifest, install_crd, is_established
-from nvsentinel.healthevent.model import (
+from nvsentinel.k8s import Invalid, KubeNotFound
+from nvsentinel.k8s.crd import CRD_NAME, crd_manifest, install_crd, is_established
+from nvsentinel.k8s.resources import CRDS, HEALTHEVENTS
+from nvsentinel.policy.healthevent import (
     API_VERSION, GROUP, KIND, VERSION, Condition, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Maintenance,
     OverrideFlags, Overrides, Phase,
 )
-from nvsentinel.k8s import Invalid, KubeNotFound
-from nvsentinel.k8s.resources import CRDS, HEALTHEVENTS
+from nvsentinel.xid import Action
 
 REQUIRED = ("source", "nodeName", "componentClass", "checkName", "isFatal", "isHealthy", "detectedAt")
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"

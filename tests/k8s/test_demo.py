@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kubelet import delete_nodes, make_node
 
-from nvsentinel.healthevent import LABEL_NODE
 from nvsentinel.k8s import Kube
 from nvsentinel.k8s.resources import HEALTHEVENTS, NODES
+from nvsentinel.policy.healthevent import LABEL_NODE
 
 DEMO = [sys.executable, "-m", "nvsentinel", "demo"]
 ENV = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}

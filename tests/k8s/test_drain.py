@@ -18,13 +18,13 @@ from ctlhelpers import action_count, eventually, phase, running_manager
 from kubelet import delete_nodes, finish_deletions, make_node, run_pod
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.controllers.drain.config import DrainConfig
-from nvsentinel.controllers.drain.controller import DrainController
-from nvsentinel.controllers.quarantine.config import QuarantineConfig
-from nvsentinel.controllers.quarantine.controller import QuarantineController
-from nvsentinel.healthevent.model import HealthEvent, HealthEventSpec, OverrideFlags, Overrides, utcnow
+from nvsentinel.cluster.drain.config import DrainConfig
+from nvsentinel.cluster.drain.controller import DrainController
+from nvsentinel.cluster.quarantine.config import QuarantineConfig
+from nvsentinel.cluster.quarantine.controller import QuarantineController
 from nvsentinel.k8s import Kube, KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, PDBS_V1BETA1, PODS, Resource
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventSpec, OverrideFlags, Overrides, utcnow
 
 pytestmark = pytest.mark.anyio
 

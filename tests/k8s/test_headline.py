@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
 from apiserver import SubprocessServer  # noqa: E402
 from nvml_fake_helpers import UUIDS  # noqa: E402
 
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.controllers.remediation.logic import job_name  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent import LABEL_NODE  # noqa: E402
-from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.cluster.remediation.logic import job_name  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import LABEL_NODE  # noqa: E402
+from nvsentinel.k8s import Kube, KubeNotFound  # noqa: E402
 from nvsentinel.k8s.resources import (  # noqa: E402
     CONFIGMAPS, EVENTS, HEALTHEVENTS, JOBS, NAMESPACES, NODES, PDBS_V1BETA1, PODS,
 )

@@ -27,14 +27,14 @@ from procs import http_get  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.healthevent.model import (  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy.healthevent import (  # noqa: E402
     LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, HealthEvent,
 )
 from nvsentinel.k8s import Kube  # noqa: E402
 from nvsentinel.k8s.resources import HEALTHEVENTS  # noqa: E402
-from nvsentinel.nvml.logic import Finding, GpuView, merge_status  # noqa: E402
+from nvsentinel.policy.conditions import Finding, GpuView, merge_status  # noqa: E402
 
 DEBOUNCE = 0.5
 

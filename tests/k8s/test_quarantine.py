@@ -22,15 +22,15 @@ from kubelet import delete_nodes, make_node, make_nodes
 from prometheus_client import CollectorRegistry
 
 from nvsentinel import cli
-from nvsentinel.controllers.quarantine import logic
-from nvsentinel.controllers.quarantine.config import BREAKER_CONFIGMAP, QuarantineConfig
-from nvsentinel.controllers.quarantine.controller import QuarantineController
-from nvsentinel.controllers.runtime.manager import Manager
-from nvsentinel.healthevent.model import (
-    HealthEvent, HealthEventSpec, OverrideFlags, Overrides, format_time, parse_time, utcnow,
-)
+from nvsentinel.cluster.quarantine import logic
+from nvsentinel.cluster.quarantine.config import BREAKER_CONFIGMAP, QuarantineConfig
+from nvsentinel.cluster.quarantine.controller import QuarantineController
 from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, EVENTS, HEALTHEVENTS, NAMESPACES, NODES
+from nvsentinel.k8s.runtime.manager import Manager
+from nvsentinel.policy.healthevent import (
+    HealthEvent, HealthEventSpec, OverrideFlags, Overrides, format_time, parse_time, utcnow,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -16,14 +16,14 @@ from ctlhelpers import action_count, condition, eventually, phase, running_manag
 from kubelet import delete_nodes, finish_job, make_node
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.catalog import Action
-from nvsentinel.controllers.remediation import RemediationConfig, RemediationController
-from nvsentinel.controllers.remediation.logic import STRATEGY_ANNOTATION, job_name
-from nvsentinel.controllers.resolution.config import ResolutionConfig
-from nvsentinel.controllers.resolution.controller import ResolutionController
-from nvsentinel.healthevent.model import Entity, HealthEvent, HealthEventSpec, format_time, utcnow
+from nvsentinel.cluster.remediation import RemediationConfig, RemediationController
+from nvsentinel.cluster.remediation.logic import STRATEGY_ANNOTATION, job_name
+from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.cluster.resolution.controller import ResolutionController
 from nvsentinel.k8s import Kube, KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, JOBS, NAMESPACES, NODES
+from nvsentinel.policy.healthevent import Entity, HealthEvent, HealthEventSpec, format_time, utcnow
+from nvsentinel.xid import Action
 
 pytestmark = pytest.mark.anyio
 

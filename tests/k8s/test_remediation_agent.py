@@ -25,8 +25,8 @@ from apiserver import ThreadServer, make_settings, temp_socket_dir  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.healthevent.model import (  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.policy.healthevent import (  # noqa: E402
     LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Condition, HealthEvent, HealthEventStatus,
     Phase, format_time, utcnow,
 )

@@ -16,13 +16,13 @@ from ctlhelpers import action_count, condition, eventually, ownership, phase, ru
 from kubelet import delete_nodes, make_node
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.controllers.quarantine.config import QuarantineConfig
-from nvsentinel.controllers.quarantine.controller import QuarantineController
-from nvsentinel.controllers.resolution.config import ResolutionConfig
-from nvsentinel.controllers.resolution.controller import ResolutionController
-from nvsentinel.healthevent.model import Entity, HealthEvent, HealthEventSpec, utcnow
+from nvsentinel.cluster.quarantine.config import QuarantineConfig
+from nvsentinel.cluster.quarantine.controller import QuarantineController
+from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.cluster.resolution.controller import ResolutionController
 from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, NODES
+from nvsentinel.policy.healthevent import Entity, HealthEvent, HealthEventSpec, utcnow
 
 pytestmark = pytest.mark.anyio
 

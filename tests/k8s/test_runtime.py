@@ -10,13 +10,13 @@ from cluster import ControlPlane
 from kubelet import make_node
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.controllers.runtime.controller import Result
-from nvsentinel.controllers.runtime.informer import Informer
-from nvsentinel.controllers.runtime.leader import LeaderElectionConfig
-from nvsentinel.controllers.runtime.manager import Manager
-from nvsentinel.controllers.runtime.recorder import EventRecorder
 from nvsentinel.k8s import AlreadyExists, AsyncKube, Kube, ServerUnavailable
 from nvsentinel.k8s.resources import EVENTS, LEASES, NAMESPACES, NODES
+from nvsentinel.k8s.runtime.controller import Result
+from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.leader import LeaderElectionConfig
+from nvsentinel.k8s.runtime.manager import Manager
+from nvsentinel.k8s.runtime.recorder import EventRecorder
 
 pytestmark = pytest.mark.anyio
 

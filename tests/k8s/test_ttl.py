@@ -16,12 +16,12 @@ import pytest
 from ctlhelpers import action_count, eventually, running_manager
 from prometheus_client import CollectorRegistry
 
-from nvsentinel.controllers.runtime.manager import Manager
-from nvsentinel.controllers.ttl.config import TTLConfig
-from nvsentinel.controllers.ttl.controller import TTLController
-from nvsentinel.healthevent.model import HealthEvent, HealthEventSpec, HealthEventStatus, Phase, utcnow
+from nvsentinel.cluster.ttl.config import TTLConfig
+from nvsentinel.cluster.ttl.controller import TTLController
 from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, EVENTS, HEALTHEVENTS, NAMESPACES
+from nvsentinel.k8s.runtime.manager import Manager
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventSpec, HealthEventStatus, Phase, utcnow
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from apiserver import ThreadServer, make_settings  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 
 UUIDS = [
     "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb",
@@ -299,8 +299,8 @@ def test_kmsg_monitor_kmsg_records_in_process(env, tmp_path):
     same condition in-process, and the saved cursor is the boot id + last sequence."""
     import socket
 
-    from nvsentinel.kmsg import cursor as cursor_mod
-    from nvsentinel.kmsg.monitor import KmsgMonitor, _KmsgSource
+    from nvsentinel.node.kmsg import cursor as cursor_mod
+    from nvsentinel.node.kmsg.monitor import KmsgMonitor, _KmsgSource
 
     _server, client, work, _start = env
     boot = tmp_path / "boot_id"

@@ -13,10 +13,10 @@ import pytest  # noqa: E402
 from gpus import status as make_status  # noqa: E402
 
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.kmsg import cursor, logic  # noqa: E402
-from nvsentinel.kmsg import monitor  # noqa: E402
-from nvsentinel.kmsg.monitor import parse_kmsg_record  # noqa: E402
-from nvsentinel.nvml import logic as nvml_logic  # noqa: E402
+from nvsentinel.node.kmsg import cursor, logic  # noqa: E402
+from nvsentinel.node.kmsg import monitor  # noqa: E402
+from nvsentinel.node.kmsg.monitor import parse_kmsg_record  # noqa: E402
+from nvsentinel.policy import conditions as nvml_logic  # noqa: E402
 
 UUID = "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb"
 
@@ -179,8 +179,8 @@ def test_fifo_source_yields_lines_across_writers(tmp_path):
     """Verify a FIFO source returns complete lines only, and keeps reading after a writer closes."""
     import os
 
-    from nvsentinel.kmsg import cursor as cursor_mod
-    from nvsentinel.kmsg.monitor import open_source
+    from nvsentinel.node.kmsg import cursor as cursor_mod
+    from nvsentinel.node.kmsg.monitor import open_source
 
     path = tmp_path / "kmsg.fifo"
     os.mkfifo(path)
@@ -216,12 +216,12 @@ def test_fifo_source_yields_lines_across_writers(tmp_path):
 def test_xid_154_takes_its_action_from_the_line(line, reason, action):
     """Verify the kernel-log path decides XID 154 by the action the line names, not the catalog row."""
     from nvsentinel import xid
-    from nvsentinel.nvml import logic as nvml_logic
+    from nvsentinel.policy import conditions as nvml_logic
 
     ev = xid.decode_line(line)
     decision = nvml_logic.decide(nvml_logic.GpuView(), nvml_logic.Xid(ev.xid, ev.classification))
     if reason is None:
         assert decision.changed is False
     else:
-        assert decision.changed and decision.view.finding.reason == reason
+        assert decision.changed and decision.view.finding.reason.wire == reason
         assert str(decision.view.finding.action) == action

@@ -17,7 +17,7 @@ from typing import Any
 
 PRELUDE = """\
 import ctypes, json, os, sys, time
-from nvsentinel import fake_nvml
+from nvsentinel.devtools import fake_nvml
 """
 
 # Registers every GPU for XID, ECC and GPU-unavailable (as far as supported), prints "ready", then

@@ -8,7 +8,8 @@ import time
 import pytest
 from nvml_fake_helpers import EVENT_LOOP, Child, clean_env, last_json, run_script
 
-from nvsentinel import cli, fake_nvml
+from nvsentinel import cli
+from nvsentinel.devtools import fake_nvml
 
 XID, DBE, SBE, UNAVAILABLE = 0x8, 0x2, 0x1, 0x4000
 

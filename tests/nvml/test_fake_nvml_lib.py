@@ -7,7 +7,7 @@ import re
 
 from nvml_fake_helpers import UUIDS, clean_env, last_json, run_script
 
-from nvsentinel import fake_nvml
+from nvsentinel.devtools import fake_nvml
 
 #: The built-in topology is a fixed fact: demo scripts and recorded fixtures may name these GPUs.
 DEFAULT_BUSES = ["18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"]

@@ -1,4 +1,4 @@
-"""nvsentinel.fake_nvml and `nvsentinel nvml`: explicit loading, the injector, the CLI."""
+"""nvsentinel.devtools.fake_nvml and `nvsentinel nvml`: explicit loading, the injector, the CLI."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,8 @@ import threading
 import pytest
 from nvml_fake_helpers import clean_env, last_json, run_script
 
-from nvsentinel import cli, fake_nvml
+from nvsentinel import cli
+from nvsentinel.devtools import fake_nvml
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "fake-nvml.md"
 
@@ -48,7 +49,7 @@ def test_load_preloads_by_soname_and_logs_a_loud_warning(tmp_path):
     assert last_json(proc) == ["nvsentinel-fake-nvml/1", str(control), "built-in", True, True]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
     assert warnings == [
-        "WARNING nvsentinel.fake_nvml FAKE NVML IN USE: pynvml will talk to nvsentinel's fake "
+        "WARNING nvsentinel.devtools.fake_nvml FAKE NVML IN USE: pynvml will talk to nvsentinel's fake "
         "libnvidia-ml, not a GPU driver (tests and demos only)"
     ]
 
@@ -56,10 +57,10 @@ def test_load_preloads_by_soname_and_logs_a_loud_warning(tmp_path):
 def test_nothing_loads_the_fake_implicitly():
     """Verify importing nvsentinel, its CLI and pynvml, and calling nvmlInit, never maps the fake."""
     code = (
-        "import nvsentinel, nvsentinel.fake_nvml, nvsentinel.cli, pynvml\n"
+        "import nvsentinel, nvsentinel.devtools.fake_nvml, nvsentinel.cli, pynvml\n"
         "nvsentinel.cli.build_parser()\n"
         "try:\n    pynvml.nvmlInit()\nexcept pynvml.NVMLError:\n    pass\n"
-        "print(nvsentinel.fake_nvml.loaded(), open('/proc/self/maps').read().count('libnvidia-ml-fake'))\n"
+        "print(nvsentinel.devtools.fake_nvml.loaded(), open('/proc/self/maps').read().count('libnvidia-ml-fake'))\n"
     )
     env = clean_env(NVSENTINEL_FAKE_NVML_TOPOLOGY="/nonexistent", NVSENTINEL_FAKE_NVML_CONTROL="/nonexistent")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -67,8 +68,8 @@ def test_nothing_loads_the_fake_implicitly():
 
 
 def test_importing_fake_nvml_does_not_import_pynvml():
-    """Verify nvsentinel.fake_nvml and the nvml command import no pynvml at module import time."""
-    code = "import sys, nvsentinel.fake_nvml, nvsentinel.commands.nvml; print('pynvml' in sys.modules)"
+    """Verify nvsentinel.devtools.fake_nvml and the nvml command import no pynvml at module import time."""
+    code = "import sys, nvsentinel.devtools.fake_nvml, nvsentinel.cli.commands.nvml; print('pynvml' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

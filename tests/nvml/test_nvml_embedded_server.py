@@ -21,9 +21,9 @@ from nvml_fake_helpers import UUIDS, clean_env  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.nvml.embedded import server_address  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.node.api.server import server_address  # noqa: E402
 
 
 

@@ -3,7 +3,6 @@ libnvidia-ml, a real Device API server on real sockets (SPEC §3 condition contr
 from __future__ import annotations
 
 import ctypes.util
-import os
 import shutil
 import signal
 import subprocess
@@ -22,10 +21,10 @@ from nvml_fake_helpers import UUIDS, clean_env  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.nvml.config import ENV_PREFIX, NvmlProviderSettings  # noqa: E402
-from nvsentinel.settings import resolve  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.node.nvml.config import ENV_PREFIX, NvmlProviderSettings  # noqa: E402
+from nvsentinel.service.settings import resolve  # noqa: E402
 
 
 
@@ -273,7 +272,7 @@ def test_nvml_provider_cli_and_imports():
                  "--fake-nvml-topology", "--fake-nvml-control", "--wait-timeout-ms", "--log-format",
                  "--log-level", "--node-name", "NVML_PROVIDER_WAIT_TIMEOUT_MS"):
         assert flag in out.stdout
-    code = ("import sys, nvsentinel.nvml.provider, nvsentinel.nvml.library, nvsentinel.daemons.nvml_provider;"
+    code = ("import sys, nvsentinel.node.nvml.provider, nvsentinel.node.nvml.library, nvsentinel.daemons.nvml_provider;"
             "print(any(m.split('.')[0] == 'kubernetes' for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env())
     assert out.stdout.strip() == "False", out.stderr

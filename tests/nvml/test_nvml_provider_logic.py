@@ -1,12 +1,12 @@
-"""The NVML provider's pure decisions (nvsentinel.nvml.logic): table-driven."""
+"""The NVML provider's pure decisions (nvsentinel.policy.conditions): table-driven."""
 from __future__ import annotations
 
 import pytest
 
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.catalog import Action
-from nvsentinel.nvml import logic
-from nvsentinel.nvml.logic import DoubleBitEcc, GpuView, Lost, Recovered, SingleBitEcc, Xid
+from nvsentinel.policy import conditions as logic
+from nvsentinel.policy.conditions import DoubleBitEcc, GpuView, Lost, Recovered, SingleBitEcc, Xid
+from nvsentinel.xid import Action
 
 HEALTHY = GpuView()
 XID79 = logic.decide(HEALTHY, Xid(79)).view

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 import pytest  # noqa: E402
 from apiserver import ThreadServer, make_settings  # noqa: E402
 
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.nvml import logic  # noqa: E402
-from nvsentinel.nvml.provider import LOST_BACKOFF, GpuInfo, NvmlProvider  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.policy import conditions as logic  # noqa: E402
+from nvsentinel.node.nvml.provider import LOST_BACKOFF, GpuInfo, NvmlProvider  # noqa: E402
 
 UUID = "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb"
 WAIT_MS = 5000

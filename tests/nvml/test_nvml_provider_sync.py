@@ -14,9 +14,9 @@ from apiserver import ThreadServer, make_settings  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.nvml import logic  # noqa: E402
-from nvsentinel.nvml.provider import GpuInfo, NvmlProvider  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.policy import conditions as logic  # noqa: E402
+from nvsentinel.node.nvml.provider import GpuInfo, NvmlProvider  # noqa: E402
 
 UUID = "GPU-e7b01a4c-23be-ec6e-51b4-457253d5dcb5"
 

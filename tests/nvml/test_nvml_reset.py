@@ -29,10 +29,10 @@ from nvml_fake_helpers import UUIDS, Child, clean_env  # noqa: E402
 
 from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.fake_nvml import FaultInjector  # noqa: E402
-from nvsentinel.nvml import logic  # noqa: E402
-from nvsentinel.nvml.provider import GpuInfo, NvmlProvider  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.devtools.fake_nvml import FaultInjector  # noqa: E402
+from nvsentinel.policy import conditions as logic  # noqa: E402
+from nvsentinel.node.nvml.provider import GpuInfo, NvmlProvider  # noqa: E402
 
 GPU3 = UUIDS[3]
 
@@ -115,11 +115,11 @@ class Daemon:
 #: (the fake must be the first NVML library of a process).
 CHILD = """\
 import signal
-from nvsentinel.logs import configure_logging
+from nvsentinel.service.logs import configure_logging
 configure_logging("plain", "INFO")
 fake_nvml.load(control=os.environ["CONTROL"])
-from nvsentinel.client import DeviceApiClient
-from nvsentinel.nvml.provider import NvmlProvider
+from nvsentinel.node.client import DeviceApiClient
+from nvsentinel.node.nvml.provider import NvmlProvider
 client = DeviceApiClient(os.environ["ADDRESS"], timeout=5)
 provider = NvmlProvider(client, reset_command=os.environ["RESET_COMMAND"])
 provider.init_nvml()

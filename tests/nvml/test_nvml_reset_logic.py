@@ -7,20 +7,20 @@ import sys
 
 import pytest
 
-from nvsentinel import fake_nvml
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.catalog import Action
-from nvsentinel.nvml import handshake, logic
-from nvsentinel.nvml.config import ENV_PREFIX, NvmlProviderSettings
-from nvsentinel.nvml.reset import (
+from nvsentinel.devtools import fake_nvml
+from nvsentinel.devtools.fake_nvml import FakeResetter, make_resetter
+from nvsentinel.node.nvml import handshake
+from nvsentinel.node.nvml.config import ENV_PREFIX, NvmlProviderSettings
+from nvsentinel.node.nvml.reset import (
     DEFAULT_RESET_COMMAND,
     CommandResetter,
-    FakeResetter,
     ResetError,
-    make_resetter,
     parse_template,
 )
-from nvsentinel.settings import SettingsError, resolve
+from nvsentinel.policy import conditions as logic
+from nvsentinel.service.settings import SettingsError, resolve
+from nvsentinel.xid import Action
 
 UUID = "GPU-e7b01a4c-23be-ec6e-51b4-457253d5dcb5"
 

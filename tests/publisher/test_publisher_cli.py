@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from nvsentinel.publisher.config import ENV_PREFIX, PublisherSettings, effective_node_name
-from nvsentinel.settings import SettingsError, add_arguments, resolve
+from nvsentinel.node.publisher.config import ENV_PREFIX, PublisherSettings, effective_node_name
+from nvsentinel.service.settings import SettingsError, add_arguments, resolve
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

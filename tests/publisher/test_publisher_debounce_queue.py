@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvsentinel.healthevent.model import HealthEvent, HealthEventSpec
-from nvsentinel.publisher.logic import Debouncer, PendingQueue, backoff_delay
+from nvsentinel.node.publisher.logic import Debouncer, PendingQueue, backoff_delay
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventSpec
 
 EPS = 1e-9
 

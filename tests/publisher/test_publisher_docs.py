@@ -6,8 +6,8 @@ import re
 import subprocess
 import sys
 
-from nvsentinel.publisher.config import PublisherSettings
-from nvsentinel.publisher.publisher import Publisher
+from nvsentinel.node.publisher.config import PublisherSettings
+from nvsentinel.node.publisher.publisher import Publisher
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "publisher.md"
 

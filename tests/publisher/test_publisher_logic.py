@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pubhelpers import NOW, T0, UUIDS, cond, kmsg, make_gpu, nvml
 
-from nvsentinel.catalog import Action, Override, default_catalog, load_catalog
-from nvsentinel.healthevent.model import (
-    LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Entity, HealthEvent,
-)
-from nvsentinel.publisher.logic import (
+from nvsentinel.node.publisher.logic import (
     AGENT, MAX_NAME, Context, GpuView, event_name, gpu_short, label_value, observe,
 )
+from nvsentinel.policy.healthevent import (
+    LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Entity, HealthEvent,
+)
+from nvsentinel.xid import Action, Override, default_catalog, load_catalog
 
 NODE = "gpu-node-7"
 CTX = Context(node_name=NODE, catalog=default_catalog())

@@ -17,10 +17,10 @@ from apiserver import ThreadServer, make_settings, temp_socket_dir  # noqa: E402
 from pubhelpers import T0, UUIDS, FakeKube, kmsg, make_gpu, nvml  # noqa: E402
 
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 from nvsentinel.k8s.errors import Forbidden, Invalid, ServerUnavailable, TooManyRequests  # noqa: E402
-from nvsentinel.nvml.logic import merge_status  # noqa: E402
-from nvsentinel.publisher.publisher import Publisher, PublisherHttp  # noqa: E402
+from nvsentinel.policy.conditions import merge_status  # noqa: E402
+from nvsentinel.node.publisher.publisher import Publisher, PublisherHttp  # noqa: E402
 
 NODE = "node-a"
 FAST = dict(backoff_initial=0.01, backoff_max=0.05)
@@ -77,7 +77,7 @@ def test_already_exists_counts_as_published(started, caplog):
     first.on_add(make_gpu(UUIDS[0], nvml("False", "Xid79", T0)))
     assert first.wait_idle(5)
     second = started(kube)  # a restarted publisher: no memory, same name
-    with caplog.at_level(logging.INFO, logger="nvsentinel.publisher"):
+    with caplog.at_level(logging.INFO, logger="nvsentinel.node.publisher"):
         second.on_add(make_gpu(UUIDS[0], nvml("False", "Xid79", T0), kmsg("False", "Xid79", T0 + 9)))
         assert second.wait_idle(5)
     assert len(kube.objects) == 1 and kube.calls == 2
@@ -120,7 +120,7 @@ def test_invalid_is_dropped_with_the_body_logged(started, caplog):
 
     kube = FakeKube(fail)
     pub = started(kube)
-    with caplog.at_level(logging.ERROR, logger="nvsentinel.publisher"):
+    with caplog.at_level(logging.ERROR, logger="nvsentinel.node.publisher"):
         pub.on_add(make_gpu(UUIDS[0], nvml("False", "Xid79", T0)))
         assert pub.wait_idle(5)
     assert kube.calls == 1 and kube.objects == {}
@@ -191,7 +191,7 @@ def test_stop_reports_what_it_could_not_create(caplog):
     pub.on_add(make_gpu(UUIDS[0], nvml("False", "Xid79", T0)))
     wait(lambda: sample(pub, "nvsentinel_publisher_create_failures_total", reason="unavailable") >= 2)
     t0 = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="nvsentinel.publisher"):
+    with caplog.at_level(logging.ERROR, logger="nvsentinel.node.publisher"):
         left = pub.stop(flush_timeout=0.5)
     assert 0.4 <= time.monotonic() - t0 < 3
     assert [p.event.name for p in left] == [f"{NODE}.196b7c1a.xid79.{T0}"]
@@ -205,7 +205,7 @@ def test_bounded_queue_drops_healthy_under_an_outage(started, caplog):
 
     kube = FakeKube(fail)
     pub = started(kube, max_pending=2)
-    with caplog.at_level(logging.ERROR, logger="nvsentinel.publisher"):
+    with caplog.at_level(logging.ERROR, logger="nvsentinel.node.publisher"):
         pub.on_add(make_gpu(UUIDS[0], nvml("False", "Xid79", T0)))
         pub.on_update(None, make_gpu(UUIDS[0], nvml("True", "Recovered", T0 + 1)))
         wait(lambda: pub.pending == 2, what="two pending")
@@ -263,7 +263,7 @@ def test_probes_and_metrics_endpoints(started):
 
 def write_condition(client: DeviceApiClient, uuid: str, type_: str, status: str, reason: str, at: int) -> None:
     """Merge one condition into a GPU's status like a provider does (docs/conditions.md)."""
-    from nvsentinel.nvml.logic import Finding, GpuView
+    from nvsentinel.policy.conditions import Finding, GpuView
 
     gpu = client.get_gpu(uuid)
     if status == "False":

@@ -4,11 +4,11 @@ from __future__ import annotations
 import datetime as dt
 
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.catalog import Action
-from nvsentinel.healthevent.model import (
+from nvsentinel.policy.healthevent import (
     LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Condition, Entity, HealthEvent,
     HealthEventSpec, HealthEventStatus, Phase,
 )
+from nvsentinel.xid import Action
 
 UUIDS = [
     "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb",

@@ -16,8 +16,8 @@ import urllib.request
 
 import pytest
 
-from nvsentinel.remediation_agent.config import ENV_PREFIX, RemediationAgentSettings, effective_node_name
-from nvsentinel.settings import SettingsError, add_arguments, resolve
+from nvsentinel.node.remediation_agent.config import ENV_PREFIX, RemediationAgentSettings, effective_node_name
+from nvsentinel.service.settings import SettingsError, add_arguments, resolve
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -84,7 +84,7 @@ def test_cli_exit_codes():
 
 def test_subcommand_registers_every_flag():
     """Verify `register` adds `remediation-agent` with the settings and the shared Kubernetes flags."""
-    from nvsentinel.commands import remediation_agent
+    from nvsentinel.daemons import remediation_agent
 
     parser = argparse.ArgumentParser()
     remediation_agent.register(parser.add_subparsers(dest="command"))

@@ -5,9 +5,9 @@ import dataclasses
 import pathlib
 import re
 
-from nvsentinel.remediation_agent import agent as agent_module
-from nvsentinel.remediation_agent.agent import RemediationAgentMetrics
-from nvsentinel.remediation_agent.config import ENV_PREFIX, RemediationAgentSettings
+from nvsentinel.node.remediation_agent import agent as agent_module
+from nvsentinel.node.remediation_agent.agent import RemediationAgentMetrics
+from nvsentinel.node.remediation_agent.config import ENV_PREFIX, RemediationAgentSettings
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "remediation-agent.md"
 

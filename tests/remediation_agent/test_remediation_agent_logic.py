@@ -2,25 +2,22 @@
 verified healthy events a remediation earns (docs/remediation-agent.md, the gpu-reset handshake)."""
 from __future__ import annotations
 
-import ast
 import dataclasses
-import pathlib
 
 from agenthelpers import NODE, NOW, T0, UUIDS, at, cond, event, make_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nvsentinel._proto import gpu_pb2
-from nvsentinel.catalog import default_catalog
-from nvsentinel.healthevent.model import (
-    LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Entity, HealthEvent, Phase,
-)
-from nvsentinel.publisher import logic as publisher_logic
-from nvsentinel.remediation_agent import logic
-from nvsentinel.remediation_agent.logic import (
+from nvsentinel.node.publisher import logic as publisher_logic
+from nvsentinel.node.remediation_agent.logic import (
     answered, merge_request, plan, request_for, requests_reset, reset_requests, verification_event, verifications,
     verified_at,
 )
+from nvsentinel.policy.healthevent import (
+    LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Entity, HealthEvent, Phase,
+)
+from nvsentinel.xid import default_catalog
 
 
 def request(name: str, when: float = T0) -> gpu_pb2.Condition:
@@ -277,20 +274,3 @@ def test_applying_the_plan_reaches_a_fixed_point(raw_events, raw_gpus):
             assert reqs[0] in asking.get(g.metadata.name, ()) and not answered(g, reqs[0])
     # the verified events are a function of the events and GPUs only
     assert [h.name for h in again.create] == [h.name for h in p.create]
-
-
-def test_logic_is_pure():
-    """Verify logic.py imports no transport, client, Kubernetes or concurrency module."""
-    path = pathlib.Path(logic.__file__)
-    tree = ast.parse(path.read_text())
-    roots = set()
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots.update(a.name.split(".")[0] for a in node.names)
-            modules.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            roots.add(node.module.split(".")[0])
-            modules.add(node.module)
-    assert not roots & {"grpc", "kubernetes", "anyio", "urllib3", "threading", "asyncio", "socket", "time"}, roots
-    assert not any(m.startswith(("nvsentinel.k8s", "nvsentinel.client", "nvsentinel.controllers")) for m in modules)

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from apiserver import ThreadServer, make_settings, temp_socket_dir  # noqa: E402
 
 from nvsentinel._proto import gpu_pb2  # noqa: E402
-from nvsentinel.client import DeviceApiClient  # noqa: E402
-from nvsentinel.healthevent.model import Phase  # noqa: E402
+from nvsentinel.node.client import DeviceApiClient  # noqa: E402
+from nvsentinel.policy.healthevent import Phase  # noqa: E402
 from nvsentinel.k8s import AlreadyExists, Invalid, ServerUnavailable  # noqa: E402
-from nvsentinel.remediation_agent.agent import RemediationAgent  # noqa: E402
+from nvsentinel.node.remediation_agent.agent import RemediationAgent  # noqa: E402
 
 
 class FakeKube:

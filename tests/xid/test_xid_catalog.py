@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from nvsentinel import catalog as cat
-from nvsentinel.catalog import Action, Catalog, Classification, Override
+from nvsentinel import xid as cat
+from nvsentinel.xid import Action, Catalog, Classification, Override
 
 
 def test_package_catalog_is_complete_and_consistent():

@@ -17,7 +17,7 @@ from nvsentinel._xid_types import (
     XidEvent,
     normalize_pci,
 )
-from nvsentinel.catalog import Action
+from nvsentinel.xid import Action
 
 
 def one(impl, line, **kwargs):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from xid_samples import BODIES, PREFIXES, chunkings, decode_all, log_texts
 
 from nvsentinel import _xid_py
-from nvsentinel.catalog import Action
+from nvsentinel.xid import Action
 
 try:
     from nvsentinel import _xid_c

@@ -10,7 +10,7 @@ from xid_samples import UUID, chunkings, decode_all, log_texts
 
 from nvsentinel import xid
 from nvsentinel._xid_types import FALLEN_OFF_BUS_WINDOW, MAX_LINE_BYTES, WARN_TRUNCATED
-from nvsentinel.catalog import Action
+from nvsentinel.xid import Action
 
 DMESG_RECORD = (
     "[ 1843.308145] NVRM: The NVIDIA GPU 0000:b3:00.0\n"

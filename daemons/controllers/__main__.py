@@ -1,5 +1,0 @@
-import sys
-
-from nvsentinel.daemons.controllers import main
-
-sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from nvsentinel.daemons.device_api_server import main
-
-sys.exit(main())

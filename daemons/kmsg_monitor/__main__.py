@@ -1,5 +1,0 @@
-import sys
-
-from nvsentinel.daemons.kmsg_monitor import main
-
-sys.exit(main())

@@ -1,0 +1,90 @@
+"""`nvsentinel nvml-provider`: flags and wiring only; the provider lives in nvsentinel.node.nvml."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import signal
+
+from nvsentinel.node.nvml.config import ENV_PREFIX, NvmlProviderSettings
+from nvsentinel.service.entrypoint import Entrypoint
+from nvsentinel.service.settings import add_arguments, load_settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "nvml-provider"
+HELP = ("watch GPUs through NVML, write their NvmlHealthy condition to the Device API, and "
+        "answer GPU reset requests (the gpu-reset handshake)")
+DESCRIPTION = "The NVML provider. Flags > NVML_PROVIDER_* environment > defaults."
+
+
+def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, NvmlProviderSettings, ENV_PREFIX)
+
+
+def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int:
+    settings = load_settings(NvmlProviderSettings, args, prefix=ENV_PREFIX, prog=prog)
+    if settings is None:
+        return 2
+    from nvsentinel.node.client import DeviceApiClient
+    from nvsentinel.node.nvml.health import HealthServer
+    from nvsentinel.node.nvml.library import NvmlLibraryError, NvmlLoader
+    from nvsentinel.node.nvml.provider import NvmlInitError, NvmlProvider
+
+    if settings.fake_nvml:  # tests and demos only: the one place this daemon reaches into devtools
+        from nvsentinel.devtools.fake_nvml import nvml_loader
+
+        loader = nvml_loader(settings.fake_nvml_topology, settings.fake_nvml_control, settings.nvml_reset_command)
+    else:
+        loader = NvmlLoader.real(settings.nvml_driver_root, settings.nvml_reset_command)
+    try:
+        library = loader.load()
+        client = DeviceApiClient(settings.address or None, timeout=5.0)
+    except (NvmlLibraryError, ValueError) as exc:
+        logger.error("cannot start", extra={"kv": {"error": str(exc)}})
+        return 1
+    provider = NvmlProvider(
+        client,
+        wait_timeout_ms=settings.wait_timeout_ms,
+        ignored_xids=settings.nvml_ignored_xids,
+        node_name=settings.node_name,
+        resetter=loader.resetter(),
+    )
+    health = HealthServer(settings.http_bind_address, settings.health_port, lambda: provider.ready)
+    try:
+        health.start()
+    except OSError as exc:
+        logger.error("cannot start", extra={"kv": {"error": f"--health-port {settings.health_port}: {exc}"}})
+        client.close()
+        return 1
+    logger.info("health endpoint listening", extra={"kv": {
+        "address": settings.http_bind_address, "health_port": health.port}})
+    try:
+        try:
+            provider.init_nvml()
+        except NvmlInitError as exc:
+            logger.error("cannot start", extra={"kv": {"error": loader.init_failure(library, exc), "library": library}})
+            return 1
+        logger.info("nvml provider started", extra={"kv": {
+            "library": library, "address": client.address, "node": settings.node_name,
+            "wait_timeout_ms": settings.wait_timeout_ms,
+            "ignored_xids": ",".join(map(str, settings.nvml_ignored_xids))}})
+
+        def _stop(signum: int, _frame: object) -> None:
+            provider.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        provider.run()
+        return 0
+    finally:
+        provider.shutdown_nvml()
+        client.close()
+        health.stop()
+
+
+ENTRYPOINT = Entrypoint(NAME, HELP, DESCRIPTION, add_parser_arguments, run)
+register, main = ENTRYPOINT.register, ENTRYPOINT.main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from nvsentinel.daemons.nvml_provider import main
-
-sys.exit(main())

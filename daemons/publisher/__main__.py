@@ -1,5 +1,0 @@
-import sys
-
-from nvsentinel.daemons.publisher import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operator commands of `nvsentinel` (the daemons' subcommands live in `nvsentinel.daemons`)."""

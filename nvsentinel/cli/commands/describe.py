@@ -1,0 +1,58 @@
+"""`nvsentinel describe healthevent NAME`: one HealthEvent as kubectl describe shows it, with its Events."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from nvsentinel.cli.args import HEALTHEVENT_ALIASES, healthevent_not_found
+from nvsentinel.k8s.connect import add_kube_arguments, with_kube
+
+if TYPE_CHECKING:
+    from nvsentinel.k8s import Kube
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("describe", help="show one HealthEvent in detail, with its Kubernetes Events")
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    aliases = ["healthevents", *(a for a in HEALTHEVENT_ALIASES if a != "healthevent")]
+    he = kinds.add_parser("healthevent", aliases=aliases, help="describe one HealthEvent")
+    he.add_argument("name", help="the HealthEvent's name")
+    add_kube_arguments(he)
+    he.set_defaults(func=run)
+
+
+def event_selector(name: str) -> str:
+    return f"involvedObject.name={name},involvedObject.kind=HealthEvent"
+
+
+def related_events(kube: Kube, obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Events about this object, in every namespace (a cluster-scoped object's land in "default").
+
+    Events left by an earlier object of the same name are dropped by UID, as kubectl does.
+    """
+    from nvsentinel.k8s.resources import EVENTS
+
+    meta = obj.get("metadata") or {}
+    items, _ = kube.list(EVENTS, field_selector=event_selector(str(meta.get("name", ""))))
+    uid = meta.get("uid")
+    return [e for e in items if not uid or (e.get("involvedObject") or {}).get("uid") in (None, "", uid)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from nvsentinel.cli.views import display
+    from nvsentinel.policy.healthevent import utcnow
+    from nvsentinel.k8s import Forbidden
+    from nvsentinel.k8s.resources import HEALTHEVENTS
+
+    def body(kube: Kube) -> int:
+        obj = kube.get(HEALTHEVENTS, args.name)
+        try:
+            events = related_events(kube, obj)
+        except Forbidden as exc:  # the object is still worth showing without its Events
+            print(f"warning: cannot list events: {' '.join(str(exc).split())}", file=sys.stderr)
+            events = []
+        print(display.describe(obj, events, utcnow()))
+        return 0
+
+    return with_kube(args, body, not_found=lambda exc: healthevent_not_found(exc, args.name))

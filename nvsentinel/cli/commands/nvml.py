@@ -1,0 +1,99 @@
+"""`nvsentinel nvml`: drive the fake libnvidia-ml (tests and demos only; see docs/fake-nvml.md).
+
+    nvsentinel nvml inject --gpu GPU (--xid N | --ecc dbe|sbe | --lose | --recover | --reset)
+                           [--control PATH]
+    nvsentinel nvml library-path
+
+`inject` appends one command to the fake's control file; every process running the fake with that
+file applies it at its next NVML call. GPU is an index, a GPU-... UUID, or `all`. The file defaults
+to $NVSENTINEL_FAKE_NVML_CONTROL, else a per-user file in the temp directory (the same default
+`nvsentinel.devtools.fake_nvml.load()` uses). Exit status: 0 written, 1 the file could not be written,
+2 usage error. `library-path` prints the built fake library's path (exit 1 if it was not built).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nvsentinel.devtools import fake_nvml
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "nvml",
+        help="drive the fake libnvidia-ml used by tests and the demo (inject XID, ECC, GPU lost)",
+        description="Drive nvsentinel's fake libnvidia-ml (tests and demos only).",
+    )
+    sub = parser.add_subparsers(dest="nvml_command", metavar="SUBCOMMAND")
+
+    inject = sub.add_parser(
+        "inject",
+        help="inject a fault into the fake GPUs of every process using the control file",
+        description=(
+            "Append one fault command to the fake NVML's control file. Processes running the fake "
+            "apply it at their next NVML call (an event wait looks every 5 ms)."
+        ),
+    )
+    inject.add_argument("--gpu", required=True, metavar="GPU", help="GPU index, GPU-... UUID, or 'all'")
+    what = inject.add_mutually_exclusive_group(required=True)
+    what.add_argument("--xid", type=int, metavar="N", help="an XID critical error event with this XID")
+    what.add_argument("--ecc", choices=("dbe", "sbe"), help="a double-bit (dbe) or single-bit (sbe) ECC event")
+    what.add_argument("--lose", action="store_true", help="the GPU falls off the bus (GPU_IS_LOST)")
+    what.add_argument("--recover", action="store_true", help="a lost GPU is reachable again")
+    what.add_argument(
+        "--reset", action="store_true", help="reset the GPU: reachable again, undelivered events dropped"
+    )
+    inject.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"control file (default: ${fake_nvml.CONTROL_ENV}, else {fake_nvml.default_control_path()})",
+    )
+    inject.set_defaults(func=_inject)
+
+    path = sub.add_parser("library-path", help="print the path of the built fake libnvidia-ml")
+    path.set_defaults(func=_library_path)
+
+    def _usage(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=_usage)
+
+
+def _gpu(text: str) -> fake_nvml.Gpu:
+    return int(text) if text.isdigit() else text
+
+
+def _inject(args: argparse.Namespace) -> int:
+    injector = fake_nvml.FaultInjector(args.control)
+    try:
+        gpu = _gpu(args.gpu)
+        if args.xid is not None:
+            command = injector.inject_xid(gpu, args.xid)
+        elif args.ecc:
+            command = injector.inject_ecc(gpu, double_bit=args.ecc == "dbe")
+        elif args.lose:
+            command = injector.lose(gpu)
+        elif args.recover:
+            command = injector.recover(gpu)
+        else:
+            command = injector.reset(gpu)
+    except ValueError as exc:
+        print(f"nvsentinel nvml inject: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"nvsentinel nvml inject: {injector.control}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{command} -> {injector.control}")
+    return 0
+
+
+def _library_path(args: argparse.Namespace) -> int:
+    try:
+        print(fake_nvml.library_path())
+    except FileNotFoundError as exc:
+        print(f"nvsentinel nvml library-path: {exc}", file=sys.stderr)
+        return 1
+    return 0

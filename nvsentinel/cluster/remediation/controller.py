@@ -1,0 +1,198 @@
+"""The remediation reconciler: key = HealthEvent name; Drained → Remediating → Remediated.
+
+Level-triggered: the reboot Jobs (fixed names per attempt, labelled, owned by the event) and the
+events' own status are the whole record, read from informers. The status patch carries the
+resourceVersion it was computed from (a 409 raises and the runtime retries on fresh caches) and is
+written before the action it announces, so a crash in between makes the rerun repeat the action, which
+is idempotent: a Job create answers 409, a Node delete carries a UID precondition.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from typing import Any
+
+from nvsentinel.cluster.remediation import logic
+from nvsentinel.cluster.remediation.config import RemediationConfig
+from nvsentinel.k8s import AlreadyExists, Forbidden, Invalid, KubeNotFound
+from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, NODES
+from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
+from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.status import write_outcome
+from nvsentinel.policy.healthevent import HealthEvent, Phase
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RemediationController", "ACTIONS"]
+
+#: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
+ACTIONS = ("reboot", "reboot-succeeded", "reboot-failed", "terminate", "gpu-reset-requested",
+           "gpu-reset-verified", "manual", "none", "escalate", "remediation-failed", "dry-run")
+_LIVE = frozenset({Phase.DRAINED, Phase.REMEDIATING})
+
+
+class RemediationController:
+    """The `remediation` stage of the chain (SPEC §7)."""
+
+    name = "remediation"
+
+    def __init__(self, config: RemediationConfig | None = None) -> None:
+        self.config = config or RemediationConfig()
+        self._events: Informer
+        self._jobs: Informer
+        self._nodes: Informer
+        self._running: set[str] = set()
+
+    # ---- wiring -----------------------------------------------------------------------------------
+    def setup(self, ctx: ControllerContext) -> None:
+        cfg = self.config
+        for action in ACTIONS:
+            ctx.metrics.actions.labels(action=action)
+        self._g_running = ctx.metrics.gauge("in_progress", "HealthEvents in phase Remediating")
+        self._g_running.set(0)
+        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
+        node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
+        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
+        self._nodes = ctx.informer(NODES, **node_sel)
+        self._jobs = ctx.informer(JOBS, namespace=cfg.namespace,
+                                  label_selector=",".join(f"{k}={v}" for k, v in logic.JOB_LABELS.items()))
+
+        def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            name = obj["metadata"]["name"]
+            if etype == "DELETED":
+                self._set_running(name, False)
+                return
+            spec = obj.get("spec") or {}
+            if spec.get("isHealthy"):
+                # a healthy event may be the verification a gpu-reset waits for
+                for ev in self._events.list():
+                    st = ev.get("status") or {}
+                    if (ev.get("spec") or {}).get("nodeName") == spec.get("nodeName") and \
+                            st.get("phase") == Phase.REMEDIATING:
+                        ctx.queue.add(ev["metadata"]["name"])
+                return
+            if ((obj.get("status") or {}).get("phase") or Phase.NEW) in _LIVE:
+                ctx.queue.add(name)
+
+        def on_job(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            event = ((obj.get("metadata") or {}).get("annotations") or {}).get(logic.ANNOTATION_EVENT)
+            if event:
+                ctx.queue.add(event)
+
+        self._events.add_handler(on_event)
+        self._jobs.add_handler(on_job)
+
+    def _set_running(self, key: str, running: bool) -> None:
+        if running:
+            self._running.add(key)
+        else:
+            self._running.discard(key)
+        self._g_running.set(len(self._running))
+
+    # ---- reconcile --------------------------------------------------------------------------------
+    async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
+        obj = self._events.get(key)
+        if obj is None:
+            self._set_running(key, False)
+            return None
+        event = read_event(obj, ctx)
+        if event is None:
+            return None
+        rule = logic.triage(event)
+        self._set_running(key, event.status.phase is Phase.REMEDIATING)
+        if rule is logic.Triage.IGNORE:
+            return None
+        node = self._nodes.get(event.spec.node_name)
+        if self.config.node_selector and node is None and rule is logic.Triage.START:
+            return None  # not a node this instance remediates (or gone: nothing to start on)
+        now = ctx.now()
+        outcome = await self._decide(event, rule, node, ctx, now)
+        await self._record(event, obj, outcome, ctx, now)
+        await self._act(event, outcome, node, ctx)
+        self._set_running(key, outcome.phase is Phase.REMEDIATING)
+        return Result(requeue_after=outcome.requeue_after) if outcome.requeue_after is not None else None
+
+    def _node_events(self, node: str) -> list[HealthEvent]:
+        out = []
+        for obj in self._events.list():
+            if (obj.get("spec") or {}).get("nodeName") != node:
+                continue
+            try:
+                out.append(HealthEvent.from_dict(obj))
+            except (KeyError, TypeError, ValueError):
+                continue  # counted by the reconcile that owns it
+        return out
+
+    async def _decide(self, event: HealthEvent, rule: logic.Triage, node: dict[str, Any] | None,
+                      ctx: ControllerContext, now: _dt.datetime) -> logic.RemediationOutcome:
+        cfg = self.config
+        strategy, why = logic.choose_strategy(event)
+        if rule is logic.Triage.FOLLOW:
+            if strategy is logic.Strategy.GPU_RESET:
+                return logic.gpu_reset_progress(event, self._node_events(event.spec.node_name), now, cfg)
+            return logic.reboot_progress(event, self._attempts(event), now, cfg)
+        if ctx.dry_run:
+            return logic.dry_run_outcome(event, strategy, why)
+        if strategy in (logic.Strategy.REBOOT, logic.Strategy.TERMINATE, logic.Strategy.GPU_RESET) and \
+                cfg.escalation_threshold > 0:
+            prior = logic.prior_remediations(event, self._node_events(event.spec.node_name), now,
+                                             cfg.escalation_window)
+            if len(prior) >= cfg.escalation_threshold:
+                return logic.escalated_outcome(event, prior, cfg)
+        if strategy is logic.Strategy.REBOOT:
+            return logic.reboot_progress(event, self._attempts(event), now, cfg)
+        if strategy is logic.Strategy.TERMINATE:
+            if node is None:
+                try:
+                    node = await ctx.kube.get(NODES, event.spec.node_name)
+                except KubeNotFound:
+                    node = None
+            return logic.terminate_outcome(event, node)
+        if strategy is logic.Strategy.GPU_RESET:
+            return logic.gpu_reset_request_outcome(event)
+        return logic.held_outcome(event, strategy, why)
+
+    def _attempts(self, event: HealthEvent) -> dict[int, dict[str, Any]]:
+        return logic.attempts_of(event.name, self._jobs.list())  # type: ignore[return-value]
+
+    # ---- actions ----------------------------------------------------------------------------------
+    async def _act(self, event: HealthEvent, outcome: logic.RemediationOutcome, node: dict[str, Any] | None,
+                   ctx: ControllerContext) -> None:
+        if outcome.create_job is not None:
+            body = logic.job_body(event, outcome.create_job, self.config)
+            try:
+                await ctx.kube.create(JOBS, body, self.config.namespace)
+            except AlreadyExists:
+                return  # this attempt exists: never a second reboot
+            except (Invalid, Forbidden) as exc:
+                # a policy (PodSecurity, --allow-privileged) or RBAC refusal: say so, retry with backoff
+                ctx.metrics.failures.labels(reason="RebootJobRefused").inc()
+                await ctx.recorder.event(event.to_dict(), "Warning", "RebootJobRefused",
+                                         f"the API server refused reboot Job {body['metadata']['name']}: "
+                                         f"{str(exc)[:300]}")
+                raise
+            ctx.metrics.actions.labels(action="reboot").inc()
+            logger.info("reboot job created", extra={"kv": {
+                "healthevent": event.name, "node": event.spec.node_name, "attempt": outcome.create_job,
+                "job": f"{self.config.namespace}/{body['metadata']['name']}"}})
+            await ctx.recorder.event(event.to_dict(), "Normal", outcome.reason, outcome.message)
+        if outcome.delete_node and node is not None:
+            try:
+                await ctx.kube.delete(NODES, event.spec.node_name, uid=node["metadata"].get("uid"))
+            except KubeNotFound:
+                return
+            logger.warning("node deleted for replacement", extra={"kv": {
+                "healthevent": event.name, "node": event.spec.node_name,
+                "provider_id": (node.get("spec") or {}).get("providerID")}})
+            await ctx.recorder.event(node, "Warning", "NodeTerminated", outcome.message)
+
+    # ---- status -----------------------------------------------------------------------------------
+    async def _record(self, event: HealthEvent, obj: dict[str, Any], outcome: logic.RemediationOutcome,
+                      ctx: ControllerContext, now: _dt.datetime) -> None:
+        # a Job creation is announced once the Job exists
+        written = await write_outcome(ctx, event, logic.apply_outcome(event, outcome, now), outcome, obj=obj,
+                                      action="dry-run" if ctx.dry_run else None, quiet=outcome.create_job is not None)
+        if written.decided and outcome.warning and outcome.phase is Phase.DRAINED:
+            node = self._nodes.get(event.spec.node_name)
+            if node is not None:  # a human is needed: say so where operators look first
+                await ctx.recorder.event(node, "Warning", outcome.reason, outcome.message)

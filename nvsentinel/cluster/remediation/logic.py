@@ -1,0 +1,372 @@
+"""Remediation decisions, pure: which strategy, which reboot Job, and what the status should say.
+
+No I/O and no clock reads: the controller passes the event, the node's other HealthEvents, its reboot
+Jobs, its Node and `now` in. Everything is a function of what the cluster holds (the Jobs are the
+record of the attempts, the events' `lastRemediationTime` the record for escalation), so a new leader
+or a restart continues where the last one stopped, and a retried reconcile never creates a second Job:
+the name of attempt n is fixed.
+
+Phases this stage owns (SPEC §7): Drained → Remediating → Remediated; Drained stays Drained with
+condition `Remediated False <reason>` when a human is needed (manual, escalation, attempts exhausted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import functools
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from nvsentinel.cluster.remediation.config import RemediationConfig
+from nvsentinel.policy.healthevent import GROUP, KIND, VERSION, ConditionType, HealthEvent, Phase
+from nvsentinel.policy.outcome import Outcome, apply_outcome
+from nvsentinel.policy.outcome import same_decision as same_decision_of
+from nvsentinel.xid import Action
+
+__all__ = [
+    "ACTOR", "STRATEGY_ANNOTATION", "Strategy", "ACTION_STRATEGY", "HELD_REASONS", "choose_strategy",
+    "Triage", "triage", "prior_remediations", "JOB_LABELS", "job_name", "job_body", "JobState", "job_state",
+    "CONDITION", "RemediationOutcome", "apply_outcome", "same_decision", "reboot_progress", "gpu_reset_verified_by",
+]
+
+ACTOR = "nvsentinel-remediation"
+#: The condition this stage decides.
+CONDITION = ConditionType.REMEDIATED
+STRATEGY_ANNOTATION = "nvsentinel.nvidia.com/remediation-strategy"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_REMEDIATION = "nvsentinel.nvidia.com/remediation"
+LABEL_EVENT = "nvsentinel.nvidia.com/healthevent-hash"
+ANNOTATION_EVENT = "nvsentinel.nvidia.com/healthevent"
+#: The label selector of every Job this stage creates.
+JOB_LABELS = {LABEL_MANAGED_BY: "nvsentinel", LABEL_REMEDIATION: "reboot"}
+
+
+class Strategy(enum.StrEnum):
+    REBOOT = "reboot"
+    TERMINATE = "terminate"
+    GPU_RESET = "gpu-reset"
+    MANUAL = "manual"
+    NONE = "none"
+
+
+#: SPEC §7: recommendedAction → strategy when the annotation names none.
+ACTION_STRATEGY: Mapping[Action, Strategy] = {
+    Action.RESTART_VM: Strategy.REBOOT,
+    Action.RESTART_BM: Strategy.REBOOT,
+    Action.REPLACE_VM: Strategy.TERMINATE,
+    Action.COMPONENT_RESET: Strategy.GPU_RESET,
+    Action.NONE: Strategy.NONE,
+    Action.CONTACT_SUPPORT: Strategy.MANUAL,
+    Action.RUN_FIELDDIAG: Strategy.MANUAL,
+    Action.RUN_DCGMEUD: Strategy.MANUAL,
+    Action.UNKNOWN: Strategy.MANUAL,
+}
+
+#: `Remediated False` reasons that park an event in Drained for a human: this stage does nothing more.
+HELD_REASONS = frozenset({"ManualRemediationRequired", "EscalatedToSupport", "RemediationFailed",
+                          "NoRemediation", "TerminateNotPossible", "GpuResetNotPossible", "InvalidStrategy"})
+
+
+def choose_strategy(event: HealthEvent) -> tuple[Strategy | None, str]:
+    """(strategy, why). None: the annotation names no known strategy (the event goes to a human)."""
+    named = (event.annotations.get(STRATEGY_ANNOTATION) or "").strip()
+    if named:
+        try:
+            return Strategy(named.lower()), f"annotation {STRATEGY_ANNOTATION}={named}"
+        except ValueError:
+            return None, f"annotation {STRATEGY_ANNOTATION}={named!r} is not one of " + \
+                ", ".join(s.value for s in Strategy)
+    action = event.spec.recommended_action
+    return ACTION_STRATEGY.get(action, Strategy.MANUAL), f"recommendedAction {action}"
+
+
+class Triage(enum.Enum):
+    IGNORE = "ignore"   # not Drained yet, held for a human, or already Remediated and beyond
+    START = "start"     # Drained: choose and begin
+    FOLLOW = "follow"   # Remediating: watch the Job / the node agent
+
+
+def triage(event: HealthEvent) -> Triage:
+    if not event.spec.is_fatal or event.spec.is_healthy:
+        return Triage.IGNORE
+    phase = event.status.phase
+    if phase is Phase.REMEDIATING:
+        return Triage.FOLLOW
+    if phase is not Phase.DRAINED:
+        return Triage.IGNORE
+    cond = event.status.condition(ConditionType.REMEDIATED)
+    if cond is not None and cond.status == "False" and cond.reason in HELD_REASONS:
+        return Triage.IGNORE
+    return Triage.START
+
+
+# ---- escalation ---------------------------------------------------------------------------------------
+
+def _same_entity(a: HealthEvent, b: HealthEvent) -> bool:
+    if a.spec.node_name != b.spec.node_name:
+        return False
+    ga, gb = set(a.gpu_uuids), set(b.gpu_uuids)
+    return not ga or not gb or bool(ga & gb)
+
+
+def prior_remediations(event: HealthEvent, others: Iterable[HealthEvent], now: _dt.datetime,
+                       window: float) -> list[HealthEvent]:
+    """Other events of the same node/GPU whose remediation began within the window, oldest first."""
+    since = now - _dt.timedelta(seconds=window)
+    out = [o for o in others if o.name != event.name and o.status.last_remediation_time is not None
+           and since <= o.status.last_remediation_time <= now and _same_entity(event, o)]
+    return sorted(out, key=lambda o: (o.status.last_remediation_time, o.name))
+
+
+# ---- reboot Jobs --------------------------------------------------------------------------------------
+
+def _event_hash(event_name: str) -> str:
+    return hashlib.sha256(event_name.encode()).hexdigest()[:12]
+
+
+def job_name(event_name: str, attempt: int) -> str:
+    """Fixed per (event, attempt): a retried reconcile gets 409, never a second reboot. ≤ 63 characters."""
+    return f"nvsentinel-reboot-{_event_hash(event_name)}-{attempt}"
+
+
+def job_body(event: HealthEvent, attempt: int, cfg: RemediationConfig) -> dict[str, Any]:
+    """A privileged pod in the host's PID namespace, pinned to the node (nodeName: no scheduler, and the
+    cordon does not apply), tolerating every taint (ours included), run once (we retry, not the Job).
+
+    Owned by the HealthEvent, so the garbage collector removes it with the event (TTL).
+    """
+    node = event.spec.node_name
+    labels = dict(JOB_LABELS) | {LABEL_EVENT: _event_hash(event.name)}
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {
+            "name": job_name(event.name, attempt), "namespace": cfg.namespace, "labels": labels,
+            "annotations": {ANNOTATION_EVENT: event.name, "nvsentinel.nvidia.com/node": node,
+                            "nvsentinel.nvidia.com/attempt": str(attempt)},
+            "ownerReferences": [{"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": event.name,
+                                 "uid": event.uid}] if event.uid else [],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": cfg.reboot_job_deadline,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": node,
+                    "hostPID": True,
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 5,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{
+                        "name": "reboot", "image": cfg.reboot_image, "command": cfg.reboot_argv,
+                        "securityContext": {"privileged": True},
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+                    }],
+                },
+            },
+        },
+    }
+
+
+class JobState(enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or ():
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def job_state(job: Mapping[str, Any]) -> JobState:
+    status = job.get("status") or {}
+    if _job_condition(job, "Complete") is not None or int(status.get("succeeded") or 0) > 0:
+        return JobState.SUCCEEDED
+    if _job_condition(job, "Failed") is not None or int(status.get("failed") or 0) > 0:
+        return JobState.FAILED
+    return JobState.RUNNING
+
+
+def _job_finished_at(job: Mapping[str, Any]) -> _dt.datetime | None:
+    from nvsentinel.policy.healthevent import parse_time
+
+    cond = _job_condition(job, "Failed") or _job_condition(job, "Complete") or {}
+    status = job.get("status") or {}
+    for text in (cond.get("lastTransitionTime"), status.get("completionTime"), status.get("startTime"),
+                 (job.get("metadata") or {}).get("creationTimestamp")):
+        if text:
+            try:
+                return parse_time(str(text))
+            except ValueError:
+                continue
+    return None
+
+
+def attempts_of(event_name: str, jobs: Iterable[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """This event's reboot Jobs by attempt number (the name says which)."""
+    prefix = f"nvsentinel-reboot-{_event_hash(event_name)}-"
+    out: dict[int, Mapping[str, Any]] = {}
+    for job in jobs:
+        name = str((job.get("metadata") or {}).get("name", ""))
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            out[int(name[len(prefix):])] = job
+    return out
+
+
+# ---- outcomes -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RemediationOutcome(Outcome):
+    """An `Outcome` with this stage's two side effects, which the controller performs after the status."""
+
+    create_job: int | None = None
+    """create reboot Job attempt n (after the status says Remediating); counted and announced on creation"""
+    delete_node: bool = False
+
+
+def _result(phase: Phase, status: str, reason: str, message: str, **more: Any) -> RemediationOutcome:
+    """This stage's outcome: the condition it decides is `CONDITION`."""
+    return RemediationOutcome(phase, CONDITION, status, reason, message, **more)
+
+
+#: Whether only the message moved, so actions are counted and Events emitted once.
+same_decision = functools.partial(same_decision_of, condition_type=CONDITION)
+
+
+def _held(reason: str, message: str, action: str) -> RemediationOutcome:
+    return _result(Phase.DRAINED, "False", reason, f"{message}; a human is needed; {ACTOR}", action=action,
+                   warning=True)
+
+
+def held_outcome(event: HealthEvent, strategy: Strategy | None, why: str) -> RemediationOutcome:
+    """manual / none / an unknown annotation: stay Drained with the reason a human reads."""
+    node = event.spec.node_name
+    if strategy is None:
+        return _held("InvalidStrategy", why, "manual")
+    if strategy is Strategy.NONE:
+        return _result(Phase.DRAINED, "False", "NoRemediation",
+                       f"strategy none ({why}): nothing to run; node {node} stays quarantined until a healthy "
+                       f"event resolves this; {ACTOR}", action="none")
+    return _held("ManualRemediationRequired",
+                 f"strategy manual ({why}): nvsentinel does not remediate this automatically on node {node}",
+                 "manual")
+
+
+def escalated_outcome(event: HealthEvent, prior: Sequence[HealthEvent], cfg: RemediationConfig) -> RemediationOutcome:
+    names = ", ".join(p.name for p in prior[-5:])
+    what = ", ".join(event.gpu_uuids) or f"node {event.spec.node_name}"
+    return _held("EscalatedToSupport",
+                 f"CONTACT_SUPPORT: {what} was already remediated {len(prior)} time(s) within "
+                 f"{cfg.escalation_window:g}s ({names}); escalation threshold {cfg.escalation_threshold}",
+                 "escalate")
+
+
+def terminate_outcome(event: HealthEvent, node: Mapping[str, Any] | None) -> RemediationOutcome:
+    name = event.spec.node_name
+    if node is None:
+        return _result(Phase.REMEDIATED, "True", "NodeTerminated",
+                       f"node {name} is already gone; {ACTOR}", action="terminate", started=True)
+    provider_id = (node.get("spec") or {}).get("providerID")
+    if not provider_id:
+        return _held("TerminateNotPossible", f"strategy terminate: node {name} has no spec.providerID, so "
+                     "deleting its Node object would not replace the machine", "manual")
+    return _result(Phase.REMEDIATED, "True", "NodeTerminated",
+                   f"deleted Node {name} (providerID {provider_id}) for the cloud provider to replace; {ACTOR}",
+                   action="terminate", started=True, delete_node=True)
+
+
+def gpu_reset_request_outcome(event: HealthEvent) -> RemediationOutcome:
+    gpus = event.gpu_uuids
+    if not gpus:
+        return _held("GpuResetNotPossible", "strategy gpu-reset: the event names no GPU to reset", "manual")
+    return _result(Phase.REMEDIATING, "False", "GpuResetRequested",
+                   f"reset of {', '.join(gpus)} requested from the node agent (nvsentinel remediation-agent) "
+                   f"on node {event.spec.node_name}; waiting for the GPU to be verified healthy; {ACTOR}",
+                   action="gpu-reset-requested", started=True)
+
+
+def _floor_s(t: _dt.datetime) -> _dt.datetime:
+    return t.replace(microsecond=0)
+
+
+def gpu_reset_verified_by(event: HealthEvent, others: Iterable[HealthEvent]) -> HealthEvent | None:
+    """The first healthy event of the node naming one of the event's GPUs (or none), detected since the reset
+    was requested (to the whole second: detectors report whole seconds)."""
+    since = event.status.last_remediation_time
+    if since is None:
+        return None
+    gpus = set(event.gpu_uuids)
+    found = [o for o in others if o.spec.is_healthy and o.spec.node_name == event.spec.node_name
+             and o.spec.detected_at >= _floor_s(since)
+             and (not o.gpu_uuids or not gpus or gpus & set(o.gpu_uuids))]
+    return min(found, key=lambda o: (o.spec.detected_at, o.name)) if found else None
+
+
+def gpu_reset_progress(event: HealthEvent, others: Iterable[HealthEvent], now: _dt.datetime,
+                       cfg: RemediationConfig) -> RemediationOutcome:
+    by = gpu_reset_verified_by(event, others)
+    if by is not None:
+        return _result(Phase.REMEDIATED, "True", "GpuResetVerified",
+                       f"{', '.join(event.gpu_uuids)} reset and verified healthy by the node agent "
+                       f"(healthy HealthEvent {by.name}); {ACTOR}", action="gpu-reset-verified")
+    since = event.status.last_remediation_time or now
+    left = cfg.gpu_reset_timeout - (now - since).total_seconds()
+    if left <= 0:
+        return _held("RemediationFailed",
+                     f"GPU reset of {', '.join(event.gpu_uuids)} was not verified healthy within "
+                     f"{cfg.gpu_reset_timeout:g}s", "remediation-failed")
+    cond = event.status.condition(ConditionType.REMEDIATED)
+    return _result(Phase.REMEDIATING, "False", "GpuResetRequested",
+                   cond.message if cond is not None else "GPU reset requested",
+                   requeue_after=min(left, cfg.remediation_poll))
+
+
+def reboot_progress(event: HealthEvent, attempts: Mapping[int, Mapping[str, Any]], now: _dt.datetime,
+                    cfg: RemediationConfig) -> RemediationOutcome:
+    """Follow the reboot Jobs: succeeded → Remediated; running → wait; failed → back off, retry, give up."""
+    node = event.spec.node_name
+    for n, job in sorted(attempts.items()):
+        if job_state(job) is JobState.SUCCEEDED:
+            return _result(Phase.REMEDIATED, "True", "RebootSucceeded",
+                           f"reboot Job {cfg.namespace}/{job_name(event.name, n)} succeeded on node {node} "
+                           f"(attempt {n}); waiting for the node agent to verify the GPUs; {ACTOR}",
+                           action="reboot-succeeded")
+    if not attempts:
+        return _result(Phase.REMEDIATING, "False", "RebootJobCreated",
+                       f"reboot Job {cfg.namespace}/{job_name(event.name, 1)} created on node {node} "
+                       f"(attempt 1 of {cfg.remediation_max_attempts}); {ACTOR}",
+                       started=True, create_job=1, requeue_after=cfg.remediation_poll)
+    last = max(attempts)
+    job = attempts[last]
+    if job_state(job) is JobState.RUNNING:
+        return _result(Phase.REMEDIATING, "False", "RebootJobCreated",
+                       f"reboot Job {cfg.namespace}/{job_name(event.name, last)} running on node {node} "
+                       f"(attempt {last} of {cfg.remediation_max_attempts}); {ACTOR}",
+                       requeue_after=cfg.remediation_poll)
+    failed = f"reboot Job {cfg.namespace}/{job_name(event.name, last)} failed on node {node}"
+    if last >= cfg.remediation_max_attempts:
+        return _held("RemediationFailed", f"{failed}; {last} attempt(s), the limit", "remediation-failed")
+    wait = cfg.remediation_backoff * 2 ** (last - 1)
+    finished = _job_finished_at(job) or now
+    left = wait - (now - finished).total_seconds()
+    if left > 0:
+        return _result(Phase.REMEDIATING, "False", "RebootJobFailed",
+                       f"{failed} (attempt {last} of {cfg.remediation_max_attempts}); retrying in {left:.0f}s; "
+                       f"{ACTOR}", action="reboot-failed", requeue_after=left, warning=True)
+    return _result(Phase.REMEDIATING, "False", "RebootJobCreated",
+                   f"reboot Job {cfg.namespace}/{job_name(event.name, last + 1)} created on node {node} "
+                   f"(attempt {last + 1} of {cfg.remediation_max_attempts}, after a failure); {ACTOR}",
+                   create_job=last + 1, requeue_after=cfg.remediation_poll)
+
+
+def dry_run_outcome(event: HealthEvent, strategy: Strategy | None, why: str) -> RemediationOutcome:
+    what = strategy.value if strategy is not None else "nothing (a human)"
+    return _result(event.status.phase, "False", "DryRunRemediation",
+                   f"dry-run: would remediate node {event.spec.node_name} with {what} ({why}); {ACTOR}")

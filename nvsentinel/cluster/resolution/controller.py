@@ -1,0 +1,160 @@
+"""The resolution reconciler: key = node name; resolves the node's answered events, then releases the node.
+
+Level-triggered and idempotent: status patches and the Node patch each carry the resourceVersion they
+were computed from (a 409 raises, the runtime retries on fresh caches). Events are resolved before the
+Node is touched, so a crash in between leaves them Resolved and the rerun only releases the Node.
+
+The Node is never released on the strength of a stale event cache alone: every event the ownership
+annotation names that the cache lacks is read from the server first (a fault created a moment ago
+must keep its node cordoned).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nvsentinel.cluster.ownership import ownership_of
+from nvsentinel.cluster.resolution import logic
+from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.k8s import KubeNotFound
+from nvsentinel.k8s.resources import HEALTHEVENTS, NODES
+from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
+from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.status import write_status
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventStatus
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ResolutionController", "ACTIONS"]
+
+#: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
+ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "dry-run-resolve", "dry-run-uncordon",
+           "dry-run-remove-taint")
+
+
+class ResolutionController:
+    """The `resolution` stage of the chain (SPEC §7)."""
+
+    name = "resolution"
+
+    def __init__(self, config: ResolutionConfig | None = None) -> None:
+        self.config = config or ResolutionConfig()
+        self._events: Informer
+        self._nodes: Informer
+        self._dry_released: dict[str, str] = {}  # node → resourceVersion a dry-run release was announced for
+
+    # ---- wiring -----------------------------------------------------------------------------------
+    def setup(self, ctx: ControllerContext) -> None:
+        cfg = self.config
+        for action in ACTIONS:
+            ctx.metrics.actions.labels(action=action)
+        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
+        node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
+        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
+        self._nodes = ctx.informer(NODES, **node_sel)
+
+        def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            node = (obj.get("spec") or {}).get("nodeName")
+            if node:
+                ctx.queue.add(str(node))
+
+        def on_node(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            if etype == "DELETED":
+                self._dry_released.pop(obj["metadata"]["name"], None)
+            ctx.queue.add(obj["metadata"]["name"])  # deleted too: a terminated node's events resolve
+
+        self._events.add_handler(on_event)
+        self._nodes.add_handler(on_node)
+
+    # ---- reconcile --------------------------------------------------------------------------------
+    async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
+        now = ctx.now()
+        events = self._node_events(key, ctx)
+        resolutions = logic.plan_resolutions(events)
+        for res in resolutions:
+            await self._write(res.fatal, logic.resolved_status(res, now, dry_run=ctx.dry_run), ctx,
+                              action="dry-run-resolve" if ctx.dry_run else "resolve")
+        answered = {r.fatal.name for r in resolutions}
+        open_fatal = [e for e in events if logic.is_open_fatal(e) and e.name not in answered]
+
+        node = self._nodes.get(key)
+        if node is None:
+            await self._resolve_terminated(key, events, ctx, now)
+            return None
+        try:
+            own = ownership_of(node)
+        except ValueError:
+            own = None
+        if own is None:
+            return None
+        known = {e.name for e in events}
+        for name in own.events:  # named by the quarantine stage but not (yet) in our cache
+            if name in known:
+                continue
+            try:
+                ev = HealthEvent.from_dict(await ctx.kube.get(HEALTHEVENTS, name))
+            except KubeNotFound:
+                continue  # deleted (TTL, operator): it holds nothing any more
+            if logic.is_open_fatal(ev) and not any(logic.answers(r.healthy, ev) for r in resolutions):
+                open_fatal.append(ev)
+
+        if logic.operator_uncordoned(node, len(open_fatal)):
+            changed = False
+            for ev in open_fatal:
+                if ev.name in known:
+                    changed |= await self._write(ev, logic.operator_uncordon_status(ev, key, now), ctx,
+                                                 action="operator-uncordon")
+            if changed:
+                logger.info("node uncordoned by an operator; not fought", extra={"kv": {
+                    "node": key, "open": ",".join(e.name for e in open_fatal)}})
+                await ctx.recorder.event(node, "Normal", "UncordonedByOperator",
+                                         f"node {key} uncordoned by an operator with {len(open_fatal)} unresolved "
+                                         f"fatal HealthEvent(s); {logic.ACTOR} leaves it schedulable")
+            return None
+
+        release = logic.plan_release(node, len(open_fatal), self.config)
+        if release is None:
+            return None
+        rv = str(node["metadata"].get("resourceVersion"))
+        if ctx.dry_run and self._dry_released.get(key) == rv:
+            return None  # announced already for this very Node state
+        await ctx.kube.patch(NODES, key, release.patch, dry_run=ctx.dry_run)
+        if ctx.dry_run:
+            self._dry_released[key] = rv
+        action = ("dry-run-" if ctx.dry_run else "") + release.action
+        reason = ("DryRun" if ctx.dry_run else "") + release.reason
+        message = ("dry-run: would have: " if ctx.dry_run else "") + release.message
+        ctx.metrics.actions.labels(action=action).inc()
+        logger.info("node released", extra={"kv": {"node": key, "reason": reason, "dry_run": ctx.dry_run}})
+        await ctx.recorder.event(node, "Normal", reason, message)
+        return None
+
+    async def _resolve_terminated(self, node: str, events: list[HealthEvent], ctx: ControllerContext,
+                                  now: Any) -> None:
+        """Events remediated by deleting their Node resolve once the server confirms the Node is gone."""
+        done = [e for e in events if logic.node_terminated(e)]
+        if not done:
+            return
+        try:
+            await ctx.kube.get(NODES, node)
+            return  # our cache is behind (or a selector hides it): not gone
+        except KubeNotFound:
+            pass
+        for ev in done:
+            await self._write(ev, logic.terminated_status(ev, now), ctx,
+                              action="dry-run-resolve" if ctx.dry_run else "resolve")
+
+    def _node_events(self, node: str, ctx: ControllerContext) -> list[HealthEvent]:
+        out = []
+        for obj in self._events.list():
+            if (obj.get("spec") or {}).get("nodeName") != node:
+                continue
+            event = read_event(obj, ctx)
+            if event is not None:
+                out.append(event)
+        return out
+
+    async def _write(self, event: HealthEvent, status: HealthEventStatus, ctx: ControllerContext, *,
+                     action: str) -> bool:
+        """Write the status; whether it was a new decision (counted and announced once)."""
+        return (await write_status(ctx, event, status, action=action)).decided

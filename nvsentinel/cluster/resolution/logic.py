@@ -1,0 +1,173 @@
+"""Resolution decisions, pure: which open fatal events a healthy event answers, and how to release a Node.
+
+No I/O and no clock reads: the controller passes the node's HealthEvents, its Node and `now` in. Every
+function is deterministic, so a reconcile repeated after a crash at any point converges: events already
+Resolved no longer count as open, and a Node already released has no ownership annotation left.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from nvsentinel.cluster.ownership import ANNOTATION, Ownership, ownership_of
+from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
+
+__all__ = [
+    "ACTOR", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
+    "NodeRelease", "plan_release", "node_terminated", "terminated_status", "operator_uncordoned", "operator_uncordon_status",
+]
+
+ACTOR = "nvsentinel-resolution"
+
+
+def is_open_fatal(event: HealthEvent) -> bool:
+    """A fatal, not healthy event no stage has closed: it keeps its node quarantined."""
+    return event.spec.is_fatal and not event.spec.is_healthy and not event.status.phase.terminal
+
+
+def answers(healthy: HealthEvent, fatal: HealthEvent) -> bool:
+    """Whether `healthy` resolves `fatal`: same node, not older, and (if it names GPUs) one of its GPUs.
+
+    A healthy event older than the fault says nothing about it (a recovery before a new failure).
+    """
+    if not healthy.spec.is_healthy or healthy.spec.node_name != fatal.spec.node_name:
+        return False
+    if fatal.spec.detected_at > healthy.spec.detected_at:
+        return False
+    gpus = set(healthy.gpu_uuids)
+    return not gpus or bool(gpus & set(fatal.gpu_uuids))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resolution:
+    fatal: HealthEvent
+    healthy: HealthEvent
+
+
+def _order(e: HealthEvent) -> tuple[_dt.datetime, str]:
+    return (e.spec.detected_at, e.name)
+
+
+def plan_resolutions(events: Iterable[HealthEvent]) -> list[Resolution]:
+    """Each open fatal event answered by a healthy one, paired with the earliest such (a stable message).
+
+    A Remediating event is left to the remediation stage: the healthy event may be the very verification
+    it waits for, and it records Remediated first; the next pass resolves it.
+    """
+    evs = sorted(events, key=_order)
+    healthy = [e for e in evs if e.spec.is_healthy]
+    out = []
+    for fatal in evs:
+        if not is_open_fatal(fatal) or fatal.status.phase is Phase.REMEDIATING:
+            continue
+        by = next((h for h in healthy if answers(h, fatal)), None)
+        if by is not None:
+            out.append(Resolution(fatal, by))
+    return out
+
+
+def _set(event: HealthEvent, cond: Condition, **changes: Any) -> HealthEventStatus:
+    status = event.status.with_condition(cond)
+    return dataclasses.replace(status, observed_generation=event.generation, **changes)
+
+
+def resolved_status(res: Resolution, now: _dt.datetime, *, dry_run: bool = False) -> HealthEventStatus:
+    """Resolved, condition Resolved True HealthyEventReceived; dry-run keeps the phase and says False."""
+    fatal, healthy = res.fatal, res.healthy
+    gpus = ", ".join(sorted(set(healthy.gpu_uuids) & set(fatal.gpu_uuids))) or "all GPUs"
+    what = f"healthy HealthEvent {healthy.name} on node {fatal.spec.node_name} ({gpus})"
+    gen = fatal.generation
+    if dry_run:
+        return _set(fatal, Condition(ConditionType.RESOLVED, "False", "DryRunHealthyEventReceived",
+                                     f"dry-run: would resolve: {what}, by {ACTOR}", now, gen))
+    return _set(fatal, Condition(ConditionType.RESOLVED, "True", "HealthyEventReceived",
+                                 f"resolved by {what}, by {ACTOR}", now, gen),
+                phase=Phase.RESOLVED, resolved_at=fatal.status.resolved_at or now)
+
+
+def node_terminated(event: HealthEvent) -> bool:
+    """Remediated by deleting its Node (strategy terminate): once the Node is gone, nothing is left to wait for."""
+    cond = event.status.condition(ConditionType.REMEDIATED)
+    return event.status.phase is Phase.REMEDIATED and cond is not None and cond.reason == "NodeTerminated"
+
+
+def terminated_status(event: HealthEvent, now: _dt.datetime) -> HealthEventStatus:
+    """Resolved, condition Resolved True NodeTerminated: the machine was handed back for replacement."""
+    return _set(event, Condition(ConditionType.RESOLVED, "True", "NodeTerminated",
+                                 f"node {event.spec.node_name} was deleted for replacement; nothing left to "
+                                 f"verify, by {ACTOR}", now, event.generation),
+                phase=Phase.RESOLVED, resolved_at=event.status.resolved_at or now)
+
+
+# ---- the Node ---------------------------------------------------------------------------------------------
+
+def _ownership(node: Mapping[str, Any]) -> Ownership | None:
+    try:
+        return ownership_of(node)
+    except ValueError:
+        return None  # not a record we wrote: not ours to release
+
+
+def _unschedulable(node: Mapping[str, Any]) -> bool:
+    return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeRelease:
+    patch: dict[str, Any]
+    """one merge patch, with metadata.resourceVersion: a concurrent change makes the server refuse it"""
+    reason: str
+    """Uncordoned | TaintRemoved"""
+    action: str
+    """metric label: uncordon | remove-taint"""
+    message: str
+
+
+def plan_release(node: Mapping[str, Any], open_fatal: int, cfg: ResolutionConfig) -> NodeRelease | None:
+    """Release a node nvsentinel quarantined once no fatal event of it is open; None if nothing to do.
+
+    Uncordon only when our record says the cordon is ours and the node is still cordoned; otherwise
+    (someone else's cordon, or an operator already uncordoned) remove only our taint and our record.
+    """
+    own = _ownership(node)
+    if own is None or open_fatal > 0:
+        return None
+    meta = node.get("metadata") or {}
+    name = meta.get("name")
+    taints = list((node.get("spec") or {}).get("taints") or [])
+    kept = [t for t in taints if t.get("key") != cfg.taint_key]
+    spec: dict[str, Any] = {}
+    if len(kept) != len(taints):
+        spec["taints"] = kept
+    uncordon = own.cordoned_by_us and _unschedulable(node)
+    if uncordon:
+        spec["unschedulable"] = False
+    patch: dict[str, Any] = {"metadata": {"annotations": {ANNOTATION: None},
+                                          "resourceVersion": meta.get("resourceVersion")}}
+    if spec:
+        patch["spec"] = spec
+    if uncordon:
+        return NodeRelease(patch, "Uncordoned", "uncordon",
+                           f"no unresolved fatal HealthEvents left: uncordoned node {name} and removed taint "
+                           f"{cfg.taint_key}, by {ACTOR}")
+    whose = "left cordoned by its owner" if _unschedulable(node) else "already schedulable"
+    return NodeRelease(patch, "TaintRemoved", "remove-taint",
+                       f"no unresolved fatal HealthEvents left: removed taint {cfg.taint_key} from node {name} "
+                       f"({whose}), by {ACTOR}")
+
+
+def operator_uncordoned(node: Mapping[str, Any], open_fatal: int) -> bool:
+    """Our cordon is gone while faults are still open: an operator's call, recorded and not fought."""
+    own = _ownership(node)
+    return own is not None and own.cordoned_by_us and not _unschedulable(node) and open_fatal > 0
+
+
+def operator_uncordon_status(event: HealthEvent, node_name: str, now: _dt.datetime) -> HealthEventStatus:
+    """NodeQuarantined False UncordonedByOperator; the phase stays (the fault is still open)."""
+    return _set(event, Condition(
+        ConditionType.NODE_QUARANTINED, "False", "UncordonedByOperator",
+        f"node {node_name} was uncordoned by someone other than nvsentinel while this event is open; "
+        f"{ACTOR} leaves it schedulable", now, event.generation))

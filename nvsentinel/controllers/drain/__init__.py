@@ -1,5 +1,0 @@
-"""The `drain` stage (SPEC §7): evicts a quarantined node's pods through the Eviction API, honouring PDBs."""
-from nvsentinel.controllers.drain.config import DrainConfig
-from nvsentinel.controllers.drain.controller import DrainController
-
-__all__ = ["DrainConfig", "DrainController"]

@@ -1,0 +1,86 @@
+"""The one HealthEvent status writer every stage uses: patch, then count, log and announce once.
+
+A stage decides a new status (for most, `nvsentinel.policy.outcome.apply_outcome` of an `Outcome`)
+and hands it here. The write is optimistic (the resourceVersion the stage read), skipped when
+nothing changed, and a *decision* (a condition's status or reason, or the phase, changed) is counted
+in `<controller>_actions_total`, logged once and announced as a Kubernetes Event on the HealthEvent;
+a message refresh (progress) is written quietly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from nvsentinel.k8s.resources import HEALTHEVENTS
+from nvsentinel.k8s.runtime.controller import ControllerContext
+from nvsentinel.policy.healthevent import Condition, HealthEvent, HealthEventStatus
+from nvsentinel.policy.outcome import Outcome
+
+__all__ = ["Written", "changed_conditions", "write_status", "write_outcome"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    obj: dict[str, Any] | None
+    """The HealthEvent as the server returned it; None when nothing was written."""
+    decided: bool
+    """A new decision: counted, logged and announced."""
+
+
+def changed_conditions(before: HealthEventStatus, after: HealthEventStatus) -> list[Condition]:
+    """The conditions of `after` that are new or have another status or reason than in `before`."""
+    out = []
+    for c in after.conditions:
+        old = before.condition(c.type)
+        if old is None or (old.status, old.reason) != (c.status, c.reason):
+            out.append(c)
+    return out
+
+
+async def write_status(ctx: ControllerContext, event: HealthEvent, status: HealthEventStatus, *,
+                       action: str | None, obj: dict[str, Any] | None = None,
+                       announce: tuple[str, str, str] | None = None, condition: str | None = None,
+                       quiet: bool = False, refresh: bool = True) -> Written:
+    """Write `status` if it differs from `event`'s; count, log and announce a new decision once.
+
+    `announce`: the Event's (type, reason, message) and `condition` the one decided; default the
+    first changed condition's, Normal.
+    `quiet`: a decision whose Event someone else makes (or that the status alone says). `refresh=False`:
+    a message refresh is not written now (the stage writes it on its next pass).
+    """
+    if status.to_dict() == event.status.to_dict():
+        return Written(None, False)
+    changed = changed_conditions(event.status, status)
+    decided = bool(changed) or event.status.phase != status.phase
+    if not decided and not refresh:
+        return Written(None, False)
+    written = await ctx.kube.patch(HEALTHEVENTS, event.name, {
+        "metadata": {"resourceVersion": event.resource_version}, "status": status.to_dict()},
+        subresource="status")
+    if not decided:
+        return Written(written, False)
+    if action:
+        ctx.metrics.actions.labels(action=action).inc()
+    first = changed[0] if changed else None
+    logger.info("healthevent decided", extra={"kv": {
+        "controller": ctx.name, "healthevent": event.name, "node": event.spec.node_name,
+        "phase": str(status.phase), "condition": condition or (str(first.type) if first else ""),
+        "reason": announce[1] if announce else (first.reason if first else ""), "dry_run": ctx.dry_run}})
+    if not quiet and (announce is not None or first is not None):
+        type_, reason, message = announce or ("Normal", first.reason, first.message)  # type: ignore[union-attr]
+        await ctx.recorder.event(obj if obj is not None else event.to_dict(), type_, reason, message)
+    return Written(written, True)
+
+
+async def write_outcome(ctx: ControllerContext, event: HealthEvent, status: HealthEventStatus, outcome: Outcome, *,
+                        obj: dict[str, Any] | None = None, action: str | None = None, quiet: bool = False,
+                        refresh: bool = True) -> Written:
+    """`write_status` for a status made from `outcome`: counted under its action (or `action`), and
+    announced with its reason and message, as a Warning when it says a human should look."""
+    return await write_status(
+        ctx, event, status, action=action or outcome.action, obj=obj, quiet=quiet, refresh=refresh,
+        condition=str(outcome.condition_type),
+        announce=("Warning" if outcome.warning else "Normal", outcome.reason, outcome.message))

@@ -1,0 +1,397 @@
+"""The condition contract (docs/conditions.md): how every detector writes GPU health, in one place.
+
+What lives here, so that no detector or consumer keeps its own copy:
+
+* the condition types, who owns each one, and their healthy and handshake reasons;
+* `Reason`: why a condition is False, as values (the XID, its sub-code, or what else failed), and
+  the one codec between a reason and the string the Device API carries (`Reason.wire`,
+  `Reason.from_wire`); the wire format is unchanged (`Xid79`, `EccDoubleBit`, `GpuLost`);
+* what a reason means: its check name, error codes and catalog classification (`Reason.kind_of`);
+* the detection events, `Finding`, `GpuView` and the one decision function `decide` (the NVML
+  provider and the kernel-log monitor share it, so their findings agree);
+* `merge_status`: replace only your own condition in a GPU status (contract rules 2, 4, 5, 8).
+
+Pure: no I/O, no clock reads (time is passed in).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Collection, Mapping
+from typing import Final
+
+from nvsentinel._proto import gpu_pb2
+from nvsentinel.xid import Action, Catalog, Classification, default_catalog
+
+__all__ = [
+    "NVML_HEALTHY", "KMSG_HEALTHY", "RESET_REQUESTED", "GPU_RESET", "SOURCES", "source_of",
+    "CONDITION_TYPE", "REASON_HEALTHY", "REASON_KMSG_HEALTHY", "REASON_RECOVERED", "REASON_GPU_RESET",
+    "RECOVERY_REASONS", "REASON_RESET_REQUESTED", "REASON_RESET_VERIFIED", "REASON_RESET_FAILED",
+    "REASON_LOST", "REASON_DBE", "UNSPECIFIED_REASON",
+    "CHECK_XID", "CHECK_ECC", "CHECK_LOST", "CHECK_OTHER",
+    "Action", "ReasonKind", "Reason", "FaultKind", "LOST", "DOUBLE_BIT_ECC", "XID_DOUBLE_BIT_ECC", "XID_FALLEN_OFF_BUS",
+    "Xid", "DoubleBitEcc", "SingleBitEcc", "Lost", "Recovered", "Reset", "Event",
+    "Finding", "GpuView", "Decision", "decide", "severity", "find_condition", "merge_status",
+]
+
+# ---- condition types and their owners (rule 1: one owner per type) ----------------------------
+
+NVML_HEALTHY: Final = "NvmlHealthy"
+"""The NVML provider's health condition."""
+KMSG_HEALTHY: Final = "KmsgHealthy"
+"""The kernel-log monitor's health condition."""
+RESET_REQUESTED: Final = "ResetRequested"
+"""The remediation agent's request for a GPU reset (the handshake's question)."""
+GPU_RESET: Final = "GpuReset"
+"""The NVML provider's answer to a reset request (the handshake's answer)."""
+
+#: Health condition type → the detector that owns it (a HealthEvent's `source`).
+SOURCES: Final[Mapping[str, str]] = {NVML_HEALTHY: "nvml-provider", KMSG_HEALTHY: "kmsg-monitor"}
+
+#: The NVML provider's condition type (the name its modules have always used).
+CONDITION_TYPE: Final = NVML_HEALTHY
+
+
+def source_of(condition_type: str) -> str:
+    """The detector that owns a condition type (an unknown type names itself)."""
+    return SOURCES.get(condition_type, condition_type)
+
+
+# ---- reasons -----------------------------------------------------------------------------------
+
+REASON_HEALTHY: Final = "NvmlOk"
+"""NvmlHealthy True: no fatal error seen since the provider started."""
+REASON_KMSG_HEALTHY: Final = "KmsgOk"
+"""KmsgHealthy True: the kernel log shows no fatal error."""
+REASON_RECOVERED: Final = "Recovered"
+"""True again after a recovery signal (the provider re-verified the GPU)."""
+REASON_GPU_RESET: Final = "GpuReset"
+"""True again after a GPU reset (one the provider performed, or one the kernel log reports)."""
+#: True reasons that say "this GPU recovered" (not the initial NvmlOk): a publisher that starts and
+#: finds one publishes the healthy event, so a recovery while it was down is not lost.
+RECOVERY_REASONS: Final = frozenset({REASON_RECOVERED, REASON_GPU_RESET})
+
+REASON_RESET_REQUESTED: Final = "RemediationRequested"
+"""ResetRequested True: the message names the HealthEvent that asks."""
+REASON_RESET_VERIFIED: Final = "ResetVerified"
+REASON_RESET_FAILED: Final = "ResetFailed"
+
+REASON_LOST: Final = "GpuLost"
+REASON_DBE: Final = "EccDoubleBit"
+#: A False condition without a reason still is a fault; it needs a name.
+UNSPECIFIED_REASON: Final = "Unhealthy"
+
+CHECK_XID: Final = "xid-error-check"
+CHECK_ECC: Final = "memory-ecc-check"
+CHECK_LOST: Final = "gpu-lost-check"
+CHECK_OTHER: Final = "gpu-health-check"
+
+_XID_WIRE = re.compile(r"Xid(\d{1,10})")
+
+
+class ReasonKind(enum.Enum):
+    """What failed."""
+
+    XID = "xid"
+    ECC_DBE = "ecc-dbe"
+    GPU_LOST = "gpu-lost"
+    OTHER = "other"
+    """A reason this contract does not define (another provider's): a fault nobody can classify."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FaultKind:
+    """What a reason means for a HealthEvent: its check, error codes and classification."""
+
+    check_name: str
+    error_codes: tuple[str, ...]
+    classification: Classification
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a condition is False, as values. Build one with `xid`, `LOST`, `DOUBLE_BIT_ECC`.
+
+    `code` is the error code the detector saw (`145.RLW_SRC_TRACK` for an NVLink5 sub-code);
+    the Device API carries only `wire`, so a reason read back from it has the plain XID code.
+    """
+
+    kind: ReasonKind
+    xid: int | None = None
+    code: str = ""
+    """Error code: `"79"`, `"145.RLW_SRC_TRACK"`; for OTHER the reason as written."""
+
+    @classmethod
+    def for_xid(cls, xid: int, code: str = "") -> Reason:
+        return cls(ReasonKind.XID, xid, code or str(xid))
+
+    @classmethod
+    def other(cls, text: str) -> Reason:
+        return cls(ReasonKind.OTHER, None, text or UNSPECIFIED_REASON)
+
+    @property
+    def wire(self) -> str:
+        """The condition reason the Device API carries."""
+        if self.kind is ReasonKind.XID:
+            return f"Xid{self.xid}"
+        if self.kind is ReasonKind.ECC_DBE:
+            return REASON_DBE
+        if self.kind is ReasonKind.GPU_LOST:
+            return REASON_LOST
+        return self.code
+
+    @classmethod
+    def from_wire(cls, text: str) -> Reason:
+        """The one decoder of a condition reason read from the Device API."""
+        m = _XID_WIRE.fullmatch(text)
+        if m:
+            return cls.for_xid(int(m.group(1)))
+        if text == REASON_DBE:
+            return DOUBLE_BIT_ECC
+        if text == REASON_LOST:
+            return LOST
+        return cls.other(text)
+
+    def kind_of(self, catalog: Catalog) -> FaultKind:
+        """Check name, error codes and the catalog's classification (docs/conditions.md)."""
+        if self.kind is ReasonKind.XID and self.xid is not None:
+            return FaultKind(CHECK_XID, (str(self.xid),), catalog.classify(self.xid))
+        if self.kind is ReasonKind.ECC_DBE:
+            return FaultKind(CHECK_ECC, (self.code,), catalog.classify(self.xid))
+        if self.kind is ReasonKind.GPU_LOST:
+            # fallen off the bus is XID 79 to the catalog; its override key is GPU_FALLEN_OFF_BUS
+            return FaultKind(CHECK_LOST, (self.code,), catalog.classify(kind="fallen_off_bus"))
+        # another provider's reason: a False condition is a fault, but the catalog cannot say what to do
+        return FaultKind(CHECK_OTHER, (self.code,), Classification(Action.UNKNOWN, True, self.code, source="default"))
+
+
+#: The XIDs behind the two reasons that do not name one: a double-bit ECC error is XID 48, and a
+#: GPU that is lost has fallen off the bus (XID 79).
+XID_DOUBLE_BIT_ECC: Final = 48
+XID_FALLEN_OFF_BUS: Final = 79
+LOST: Final = Reason(ReasonKind.GPU_LOST, XID_FALLEN_OFF_BUS, str(XID_FALLEN_OFF_BUS))
+DOUBLE_BIT_ECC: Final = Reason(ReasonKind.ECC_DBE, XID_DOUBLE_BIT_ECC, str(XID_DOUBLE_BIT_ECC))
+
+#: How bad an action is; a new fatal finding replaces the current one only if strictly worse.
+_SEVERITY: Final = {
+    Action.NONE: 0,
+    Action.UNKNOWN: 1,
+    Action.COMPONENT_RESET: 2,
+    Action.RUN_DCGMEUD: 3,
+    Action.RUN_FIELDDIAG: 3,
+    Action.CONTACT_SUPPORT: 4,
+    Action.RESTART_VM: 5,
+    Action.REPLACE_VM: 6,
+    Action.RESTART_BM: 7,
+}
+
+
+def severity(action: str) -> int:
+    try:
+        return _SEVERITY[Action(action)]
+    except ValueError:
+        return 1
+
+
+# ---- detection events --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Xid:
+    xid: int
+    classification: Classification | None = None
+    """The source's own, line-aware classification when it has one (the kernel log: XID 154's
+    action from the line, NVLink5 severity); None: classify the XID number with the catalog."""
+    code: str = ""
+    """The error code as decoded (`145.RLW_SRC_TRACK`); empty: the XID number."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DoubleBitEcc:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleBitEcc:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Lost:
+    detail: str = "NVML reports GPU_IS_LOST"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovered:
+    detail: str = "re-verified after the GPU came back"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reset:
+    """The provider reset the GPU and re-verified it, as HealthEvent `request` asked."""
+
+    request: str
+
+
+Event = Xid | DoubleBitEcc | SingleBitEcc | Lost | Recovered | Reset
+
+
+# ---- state -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One fatal finding on a GPU. A wire string given as `reason` is decoded with `Reason.from_wire`."""
+
+    reason: Reason
+    message: str
+    action: Action
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reason, str):
+            object.__setattr__(self, "reason", Reason.from_wire(self.reason))
+        if not isinstance(self.action, Action):
+            object.__setattr__(self, "action", Action(self.action))
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuView:
+    """What a detector believes about one GPU: healthy, or one fatal finding."""
+
+    finding: Finding | None = None
+    reason_if_healthy: str = REASON_HEALTHY
+    message_if_healthy: str = "NVML reports no fatal error"
+    sbe_count: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self.finding is None
+
+    def condition(self) -> tuple[str, str, str]:
+        """(status, reason, message) of the condition, as the Device API carries it."""
+        if self.finding is None:
+            return "True", self.reason_if_healthy, self.message_if_healthy
+        return "False", self.finding.reason.wire, self.finding.message
+
+    @property
+    def action(self) -> Action:
+        return Action.NONE if self.finding is None else self.finding.action
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    view: GpuView
+    changed: bool
+    """True when the condition or the action changed (the status must be written)."""
+    note: str
+    """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy, reset."""
+
+
+def _xid_finding(
+    xid: int, reason: Reason, catalog: Catalog, ignored: Collection[int], cls: Classification | None = None
+) -> tuple[Finding | None, str]:
+    if xid in ignored:
+        return None, "ignored"
+    if cls is None:
+        cls = catalog.classify(xid)
+    if cls.ignored:
+        return None, "ignored"
+    if not cls.fatal:
+        return None, "benign"
+    entry = catalog.entry(xid)
+    description = entry.description if entry is not None and entry.description else cls.mnemonic
+    return Finding(reason, f"XID {xid}: {description}", cls.action), "fatal"
+
+
+def decide(
+    view: GpuView,
+    event: Event,
+    *,
+    catalog: Catalog | None = None,
+    ignored_xids: Collection[int] = (),
+) -> Decision:
+    """The new view of one GPU after `event` (rules 6 and 7: sticky, worse-only, ignored changes nothing)."""
+    cat = catalog if catalog is not None else default_catalog()
+    if isinstance(event, SingleBitEcc):
+        return Decision(dataclasses.replace(view, sbe_count=view.sbe_count + 1), False, "sbe")
+    if isinstance(event, Recovered):
+        if view.finding is None:
+            return Decision(view, False, "healthy")
+        new = GpuView(None, REASON_RECOVERED, f"NVML healthy again: {event.detail}", view.sbe_count)
+        return Decision(new, True, "recovered")
+    if isinstance(event, Reset):
+        # healthy whatever it was: the reset is the recovery signal, and it names who asked for it
+        new = GpuView(None, REASON_GPU_RESET,
+                      f"GPU reset and re-verified (requested by HealthEvent {event.request})", view.sbe_count)
+        return Decision(new, new.condition() != view.condition() or view.action != Action.NONE, "reset")
+    if isinstance(event, Lost):
+        cls = cat.classify(kind="fallen_off_bus")
+        finding = Finding(LOST, f"GPU is lost: {event.detail}", cls.action)
+        if view.finding is not None and view.finding.reason.kind is ReasonKind.GPU_LOST:
+            return Decision(view, False, "lost")
+        return Decision(dataclasses.replace(view, finding=finding), True, "lost")
+    if isinstance(event, Xid):
+        finding, note = _xid_finding(event.xid, Reason.for_xid(event.xid, event.code), cat, ignored_xids,
+                                     event.classification)
+    elif isinstance(event, DoubleBitEcc):
+        finding, note = _xid_finding(XID_DOUBLE_BIT_ECC, DOUBLE_BIT_ECC, cat, ignored_xids)
+        if finding is not None:
+            finding = dataclasses.replace(finding, message="double-bit (uncorrectable) ECC error: " + finding.message)
+    else:
+        raise TypeError(f"not a detection event: {event!r}")
+    if finding is None:
+        return Decision(view, False, note)
+    if view.finding is not None and severity(finding.action) <= severity(view.finding.action):
+        return Decision(view, False, "not-worse")
+    return Decision(dataclasses.replace(view, finding=finding), True, "fatal" if view.finding is None else "worse")
+
+
+# ---- writing a status --------------------------------------------------------------------------
+
+def find_condition(status: gpu_pb2.GpuStatus, ctype: str) -> gpu_pb2.Condition | None:
+    """The first condition of type `ctype`, or None."""
+    for cond in status.conditions:
+        if cond.type == ctype:
+            return cond
+    return None
+
+
+def merge_status(
+    current: gpu_pb2.GpuStatus, view: GpuView, now_seconds: int, now_nanos: int = 0,
+    *, condition_type: str = CONDITION_TYPE,
+) -> gpu_pb2.GpuStatus:
+    """`current` with only the `condition_type` condition (default NvmlHealthy) replaced by
+    `view`'s; other conditions kept. Every detector writes through it with its own type.
+
+    The transition time changes only when the condition's status changes. `recommended_action`:
+    unhealthy → our action unless another provider's False condition already asks for something
+    worse; healthy → NONE unless another provider's condition is False (then left alone).
+    """
+    status, reason, message = view.condition()
+    out = gpu_pb2.GpuStatus()
+    out.CopyFrom(current)
+    del out.conditions[:]
+    mine = None
+    others_false = False
+    new = None
+    for cond in current.conditions:
+        if cond.type == condition_type:
+            if mine is None:  # keep its position; drop duplicates of our type
+                mine = cond
+                new = out.conditions.add()
+        else:
+            out.conditions.add().CopyFrom(cond)
+            others_false = others_false or cond.status == "False"
+    if new is None:
+        new = out.conditions.add()
+    new.type, new.status, new.reason, new.message = condition_type, status, reason, message
+    if mine is not None and mine.status == status:
+        new.last_transition_time.CopyFrom(mine.last_transition_time)
+    else:
+        new.last_transition_time.seconds = now_seconds
+        new.last_transition_time.nanos = now_nanos
+    if not view.healthy:
+        if not (others_false and severity(current.recommended_action) > severity(view.action)):
+            out.recommended_action = str(view.action)
+    elif not others_false:
+        out.recommended_action = str(Action.NONE)
+    return out
