@@ -14,7 +14,7 @@ from typing import Any
 
 from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
 
-__all__ = ["Outcome", "apply_outcome", "same_decision"]
+__all__ = ["Outcome", "apply_outcome", "changed_conditions", "same_decision"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +61,18 @@ def apply_outcome(event: HealthEvent, outcome: Outcome, now: _dt.datetime, *,
     return dataclasses.replace(status, **changes)
 
 
+def changed_conditions(before: HealthEventStatus, after: HealthEventStatus) -> list[Condition]:
+    """The conditions of `after` that are new or have another status or reason than in `before`."""
+    out = []
+    for c in after.conditions:
+        old = before.condition(c.type)
+        if old is None or (old.status, old.reason) != (c.status, c.reason):
+            out.append(c)
+    return out
+
+
 def same_decision(before: HealthEventStatus, after: HealthEventStatus, condition_type: str) -> bool:
-    """Whether `after` records the same rule as `before` (only the message moved: progress)."""
-    a, b = before.condition(condition_type), after.condition(condition_type)
-    return before.phase == after.phase and a is not None and b is not None and \
-        (a.status, a.reason) == (b.status, b.reason)
+    """Whether `after` records the same rule as `before` for `condition_type` (only the message moved)."""
+    return before.phase == after.phase and before.condition(condition_type) is not None and \
+        after.condition(condition_type) is not None and \
+        all(c.type != condition_type for c in changed_conditions(before, after))

@@ -14,10 +14,10 @@ from typing import Any
 
 from nvsentinel.k8s.resources import HEALTHEVENTS
 from nvsentinel.k8s.runtime.controller import ControllerContext
-from nvsentinel.policy.healthevent import Condition, HealthEvent, HealthEventStatus
-from nvsentinel.policy.outcome import Outcome
+from nvsentinel.policy.healthevent import HealthEvent, HealthEventStatus
+from nvsentinel.policy.outcome import Outcome, changed_conditions
 
-__all__ = ["Written", "changed_conditions", "write_status", "write_outcome"]
+__all__ = ["Written", "write_status", "write_outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,6 @@ class Written:
     """The HealthEvent as the server returned it; None when nothing was written."""
     decided: bool
     """A new decision: counted, logged and announced."""
-
-
-def changed_conditions(before: HealthEventStatus, after: HealthEventStatus) -> list[Condition]:
-    """The conditions of `after` that are new or have another status or reason than in `before`."""
-    out = []
-    for c in after.conditions:
-        old = before.condition(c.type)
-        if old is None or (old.status, old.reason) != (c.status, c.reason):
-            out.append(c)
-    return out
 
 
 async def write_status(ctx: ControllerContext, event: HealthEvent, status: HealthEventStatus, *,
