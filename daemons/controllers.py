@@ -38,8 +38,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel controllers") -> int:
     from nvsentinel.k8s import Kube
 
     try:
-        kube = Kube.connect(settings.kubeconfig or None, settings.context or None, qps=settings.kube_qps,
-                            burst=settings.kube_burst)
+        kube = Kube.connect(settings.kubeconfig or None, settings.context or None, flow_control=settings.flow_control())
     except Exception as exc:  # noqa: BLE001 - any config-loading failure is a start-up error
         logger.error("cannot start: no usable Kubernetes configuration", extra={"kv": {"error": str(exc)[:300]}})
         return 1

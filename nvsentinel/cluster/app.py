@@ -54,7 +54,9 @@ async def run(settings: ControllersSettings, configs: dict[str, Any], kube: Kube
         await ep.start()
     logger.info("controllers started", extra={"kv": {
         "controllers": ",".join(settings.controllers), "namespace": settings.namespace, "dry_run": settings.dry_run,
-        "leader_elect": settings.leader_elect, "server": kube.host, "kube_qps": settings.kube_qps,
+        "leader_elect": settings.leader_elect, "server": kube.host, "workers": settings.workers,
+        "kube_flow_control": settings.kube_flow_control, "kube_qps": settings.kube_qps,
+        "kube_max_qps": settings.kube_max_qps,
         "health_port": endpoints[0].port if settings.health_port else 0,
         "metrics_port": endpoints[-1].port if settings.metrics_port else 0}})
     try:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 from nvsentinel.cluster.registry import STAGE_NAMES
+from nvsentinel.k8s.kube import FLOW_CONTROL_MODES, FlowControl
 from nvsentinel.k8s.runtime.leader import DEFAULT_LEASE_NAME
 from nvsentinel.service.settings import check_logging, setting
 
@@ -30,16 +31,23 @@ class ControllersSettings:
                                     "--namespace; missing: the defaults (docs/ttl.md)", metavar="NAME")
     dry_run: bool = setting(False, help="decide and record every decision in the HealthEvent status, change "
                             "no Node or Pod")
-    workers: int = setting(4, help="concurrent reconciles per controller")
+    workers: int = setting(16, help="concurrent reconciles per controller (I/O-bound: each waits on the API "
+                           "server; the breaker serializes only its own decision)")
     leader_elect: bool = setting(True, help="run only while holding the Lease (run 2 replicas for failover)")
     lease_name: str = setting(DEFAULT_LEASE_NAME, help="the leader-election Lease", metavar="NAME")
     lease_duration: float = setting(15.0, help="seconds a standby waits before taking an unrenewed lease")
     renew_deadline: float = setting(10.0, help="seconds the leader keeps trying to renew before it steps down")
     retry_period: float = setting(2.0, help="seconds between lease acquire/renew attempts")
     identity: str = setting("", help="leader-election identity (empty: $POD_NAME or the hostname + a random suffix)")
-    kube_qps: float = setting(50.0, help="Kubernetes client requests/s (token bucket; 0 = unlimited); client-go's "
-                              "default of 5 capped upstream's evictions")
-    kube_burst: int = setting(100, help="Kubernetes client burst above --kube-qps")
+    kube_flow_control: str = setting("auto", help="who limits the request rate: auto (the server once it shows API "
+                                     "Priority and Fairness, else the client), client (--kube-qps/--kube-burst "
+                                     "always) or server (only --kube-max-qps)", metavar="MODE")
+    kube_qps: float = setting(50.0, help="requests/s per controller on a server without API Priority and Fairness "
+                              "(token bucket; 0 = unlimited); client-go's default of 5 capped upstream's evictions")
+    kube_burst: int = setting(100, help="burst above --kube-qps")
+    kube_max_qps: float = setting(500.0, help="ceiling in requests/s per controller where the server does API "
+                                  "Priority and Fairness (it queues, and answers 429 + Retry-After, which is "
+                                  "honoured); 0 = none")
     resync_period: float = setting(300.0, help="seconds between full level-triggered re-checks of every object")
     health_port: int = setting(8081, help="HTTP /healthz /livez /readyz port (0: off)")
     metrics_port: int = setting(9090, help="Prometheus /metrics port (0: off)")
@@ -63,8 +71,11 @@ class ControllersSettings:
         if self.leader_elect and not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("need 0 < --retry-period < --renew-deadline < --lease-duration, got "
                              f"{self.retry_period}, {self.renew_deadline}, {self.lease_duration}")
-        if self.kube_qps < 0 or self.kube_burst < 1:
-            raise ValueError("--kube-qps must be >= 0 and --kube-burst >= 1")
+        if self.kube_qps < 0 or self.kube_burst < 1 or self.kube_max_qps < 0:
+            raise ValueError("--kube-qps and --kube-max-qps must be >= 0 and --kube-burst >= 1")
+        if self.kube_flow_control not in FLOW_CONTROL_MODES:
+            raise ValueError(f"--kube-flow-control must be one of {', '.join(FLOW_CONTROL_MODES)}, "
+                             f"got {self.kube_flow_control!r}")
         if self.resync_period < 1:
             raise ValueError(f"--resync-period must be >= 1 second, got {self.resync_period}")
         for name in ("health_port", "metrics_port"):
@@ -74,3 +85,6 @@ class ControllersSettings:
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown-timeout must be >= 0")
         check_logging(self.log_format, self.log_level)
+
+    def flow_control(self) -> FlowControl:
+        return FlowControl(self.kube_flow_control, self.kube_qps, self.kube_burst, self.kube_max_qps)

@@ -2,7 +2,9 @@
 
 Pure: no I/O, no clock reads (time is passed in). The controller serializes calls to `evaluate`
 and feeds it every node it cordoned (from the Nodes' ownership annotations plus its own cordons the
-informer has not shown yet); this module decides and says what to persist.
+informer has not shown yet); this module decides and says what to persist. At fleet scale the
+controller keeps those cordons in a `CordonLedger`, updated per Node change and sorted by time, so a
+decision counts its window in log time instead of reading every Node.
 
 Rules (SPEC §7):
 - limit = min(floor(percent × gpu_nodes / 100), max_nodes), at least 1 when there are GPU nodes;
@@ -15,14 +17,16 @@ Rules (SPEC §7):
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as _dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from nvsentinel.policy.healthevent import format_time, parse_time
 
-__all__ = ["CLOSED", "TRIPPED", "BreakerPolicy", "BreakerState", "Verdict", "counted_cordons", "evaluate"]
+__all__ = ["CLOSED", "TRIPPED", "BreakerPolicy", "BreakerState", "Verdict", "CordonLedger", "counted_cordons",
+           "evaluate"]
 
 CLOSED = "Closed"
 TRIPPED = "Tripped"
@@ -108,24 +112,79 @@ class Verdict:
     message: str = ""
 
 
+def _in_window(since: _dt.datetime, now: _dt.datetime, window: float, reset_at: _dt.datetime | None) -> bool:
+    return now - _dt.timedelta(seconds=window) < since <= now and (reset_at is None or since >= reset_at)
+
+
 def counted_cordons(cordons: Mapping[str, _dt.datetime], *, now: _dt.datetime, window: float,
                     reset_at: _dt.datetime | None) -> set[str]:
     """Nodes whose cordon falls in (now − window, now] and not before the last reset."""
-    start = now - _dt.timedelta(seconds=window)
-    return {node for node, since in cordons.items()
-            if start < since <= now and (reset_at is None or since >= reset_at)}
+    return {node for node, since in cordons.items() if _in_window(since, now, window, reset_at)}
+
+
+class CordonLedger(Mapping[str, _dt.datetime]):
+    """node → when nvsentinel cordoned it, also kept sorted by time: `count` of a window is two bisects."""
+
+    def __init__(self, cordons: Mapping[str, _dt.datetime] | None = None) -> None:
+        self._since: dict[str, _dt.datetime] = {}
+        self._sorted: list[tuple[_dt.datetime, str]] = []
+        for node, since in (cordons or {}).items():
+            self.set(node, since)
+
+    def set(self, node: str, since: _dt.datetime | None) -> None:
+        """Record (or, since None, forget) the node's cordon."""
+        old = self._since.get(node)
+        if old == since:
+            return
+        if old is not None:
+            i = bisect.bisect_left(self._sorted, (old, node))
+            del self._sorted[i]
+            del self._since[node]
+        if since is not None:
+            self._since[node] = since
+            bisect.insort(self._sorted, (since, node))
+
+    def count(self, *, now: _dt.datetime, window: float, reset_at: _dt.datetime | None) -> int:
+        """How many cordons fall in (now − window, now] and not before `reset_at`."""
+        start = now - _dt.timedelta(seconds=window)
+        key = _since_of
+        lo = bisect.bisect_left(self._sorted, reset_at, key=key) if reset_at is not None and reset_at > start \
+            else bisect.bisect_right(self._sorted, start, key=key)
+        return max(0, bisect.bisect_right(self._sorted, now, key=key) - lo)
+
+    def counts(self, node: str, *, now: _dt.datetime, window: float, reset_at: _dt.datetime | None) -> bool:
+        since = self._since.get(node)
+        return since is not None and _in_window(since, now, window, reset_at)
+
+    def __getitem__(self, node: str) -> _dt.datetime:
+        return self._since[node]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._since)
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+
+def _since_of(entry: tuple[_dt.datetime, str]) -> _dt.datetime:
+    return entry[0]
 
 
 def evaluate(policy: BreakerPolicy, state: BreakerState, *, node: str, cordons: Mapping[str, _dt.datetime],
              gpu_nodes: int, now: _dt.datetime, force: bool = False) -> Verdict:
-    """May nvsentinel cordon `node` now? `cordons`: node → when nvsentinel cordoned it."""
+    """May nvsentinel cordon `node` now? `cordons`: node → when nvsentinel cordoned it (a `CordonLedger`
+    is counted in log time; any other mapping is scanned)."""
     current = state.effective(now, policy.window)
     changed = current != state
-    counted = counted_cordons(cordons, now=now, window=policy.window, reset_at=current.reset_at)
+    if isinstance(cordons, CordonLedger):
+        n = cordons.count(now=now, window=policy.window, reset_at=current.reset_at)
+        node_counted = cordons.counts(node, now=now, window=policy.window, reset_at=current.reset_at)
+    else:
+        counted = counted_cordons(cordons, now=now, window=policy.window, reset_at=current.reset_at)
+        n, node_counted = len(counted), node in counted
     limit = policy.limit(gpu_nodes)
-    n = len(counted)
     share = policy.describe(gpu_nodes)
-    if node in counted:
+    if node_counted:
         return Verdict(True, current, changed, False, n, limit, gpu_nodes, already_counted=True,
                        message=f"node already counted ({n}/{limit} in {policy.window:g}s)")
     if force:

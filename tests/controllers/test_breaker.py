@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nvsentinel.policy.breaker import (
-    CLOSED, TRIPPED, BreakerPolicy, BreakerState, counted_cordons, evaluate,
+    CLOSED, TRIPPED, BreakerPolicy, BreakerState, CordonLedger, counted_cordons, evaluate,
 )
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -206,3 +206,30 @@ def test_sequence_trip_reset_trip_again():
         if v.allowed:
             cordons[f"b{i}"] = now
     assert again == [True] * 20 + [False] * 5 and state.tripped and state.reset_at is not None
+
+
+_NODES = st.sampled_from([f"n{i}" for i in range(12)])
+_SECONDS = st.integers(min_value=0, max_value=1500)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(_NODES, st.none() | _SECONDS), max_size=40), now=_SECONDS,
+       reset=st.none() | _SECONDS, node=_NODES, gpu=st.integers(min_value=0, max_value=300),
+       tripped=st.booleans(), force=st.booleans())
+def test_the_ledger_counts_and_decides_as_the_scan_does(ops, now, reset, node, gpu, tripped, force):
+    """The controller's incremental ledger (set / forget per Node change) gives every verdict the full
+    scan of the same cordons gives: the same count, the same node-already-counted answer."""
+    ledger, plain = CordonLedger(), {}
+    for name, when in ops:
+        ledger.set(name, None if when is None else at(when))
+        if when is None:
+            plain.pop(name, None)
+        else:
+            plain[name] = at(when)
+    assert dict(ledger) == plain and len(ledger) == len(plain)
+    reset_at = None if reset is None else at(reset)
+    assert ledger.count(now=at(now), window=600, reset_at=reset_at) == len(
+        counted_cordons(plain, now=at(now), window=600, reset_at=reset_at))
+    state = BreakerState(TRIPPED, at(now - 10), "x") if tripped else BreakerState(reset_at=reset_at)
+    args = {"node": node, "gpu_nodes": gpu, "now": at(now), "force": force}
+    assert evaluate(POLICY, state, cordons=ledger, **args) == evaluate(POLICY, state, cordons=plain, **args)

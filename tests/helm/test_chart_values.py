@@ -124,3 +124,19 @@ def test_more_than_one_replica_needs_leader_election(helm: Helm) -> None:
     assert len(deployments) == 5
     assert all("--no-leader-elect" in d["spec"]["template"]["spec"]["containers"][0]["args"] for d in deployments)
     assert not [o for o in objs if o["kind"] == "PodDisruptionBudget"], "one replica: no budget to keep"
+
+
+def test_the_controllers_client_defaults_are_the_flags_defaults(helm: Helm) -> None:
+    """The chart runs what the fleet benchmark measured: `nvsentinel controllers`' own defaults."""
+    from nvsentinel.cluster.settings import ControllersSettings
+
+    flags = ControllersSettings()
+    values = yaml.safe_load(VALUES.read_text())["controllers"]
+    assert (values["workers"], values["kubeFlowControl"], values["kubeQps"], values["kubeBurst"],
+            values["kubeMaxQps"]) == (flags.workers, flags.kube_flow_control, flags.kube_qps, flags.kube_burst,
+                                      flags.kube_max_qps)
+    rendered = helm.template().stdout
+    for arg in (f"--workers={flags.workers}", f"--kube-flow-control={flags.kube_flow_control}",
+                f"--kube-qps={flags.kube_qps:g}", f"--kube-burst={flags.kube_burst}",
+                f"--kube-max-qps={flags.kube_max_qps:g}"):
+        assert f'"{arg}"' in rendered, arg

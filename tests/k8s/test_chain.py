@@ -260,6 +260,9 @@ class RacingKube(AsyncKube):
         super().__init__(kube)
         self.raced: set[tuple[str, str]] = set()
 
+    def lane(self, name: str, **kw):  # type: ignore[override]
+        return self  # every lane races, the controller's own included
+
     async def patch(self, res, name, patch, namespace=None, **kw):  # type: ignore[override]
         key = (res.plural, name)
         if key not in self.raced and isinstance(patch, dict) and "resourceVersion" in patch.get("metadata", {}):

@@ -169,8 +169,9 @@ async def test_drain_evicts_respects_the_pdb_and_finishes_when_freed(env: Env) -
         assert env.pod_names() == {"agent-x"}  # the DaemonSet pod stays
         assert action(registry, "evict") == 3 and action(registry, "drained") == 1
         assert registry.get_sample_value("nvsentinel_drain_controller_pods_pending") == 0
+        # the Normal decisions (Draining, Drained) are in the conditions, not Events on the event
         items, _ = env.kube.list(EVENTS, "default", field_selector="involvedObject.name=ev-drain")
-        assert {"Draining", "Drained"} <= {e["reason"] for e in items}
+        assert [e for e in items if e["type"] == "Normal"] == []
 
 
 async def test_skip_override_marks_drained_without_evicting(env: Env) -> None:
@@ -222,7 +223,9 @@ async def test_timeout_without_force_waits_with_a_warning(env: Env) -> None:
         await anyio.sleep(1.5)
         assert env.pod_names() == {"guarded"}
         assert action(registry, "force-delete") == 0
-        items, _ = env.kube.list(EVENTS, "default", field_selector="involvedObject.name=ev-late")
+        items = await eventually(lambda: [e for e in env.kube.list(
+            EVENTS, "default", field_selector="involvedObject.name=ev-late")[0] if e["reason"] == "DrainTimeout"],
+            what="the DrainTimeout Warning")
         warnings = [e for e in items if e["reason"] == "DrainTimeout"]
         assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and warnings[0].get("count", 1) == 1
 

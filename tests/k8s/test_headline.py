@@ -401,8 +401,9 @@ def test_contact_support_stays_drained_and_the_node_cordoned(world: World) -> No
     assert held["status"]["phase"] == "Drained"
     time.sleep(1.5)
     assert w.phase_of(name) == "Drained" and w.quarantined() and w.jobs() == {}
-    reasons = {e["reason"] for e in w.kube.list(EVENTS, "default", field_selector=f"involvedObject.name={w.node}")[0]}
-    assert "ManualRemediationRequired" in reasons
+    wait_until(lambda: "ManualRemediationRequired" in {e["reason"] for e in w.kube.list(
+        EVENTS, "default", field_selector=f"involvedObject.name={w.node}")[0]}, what="the Warning on the Node",
+        daemons=w.daemons())
 
 
 def test_controllers_killed_at_every_phase_converge_with_one_reboot(world: World) -> None:

@@ -77,6 +77,43 @@ async def test_informer_lists_watches_and_tells_handlers(kube: Kube, unique: str
     assert inf.relists == 1, "no relist expected without a 410"
 
 
+async def test_informer_indexes_and_takes_its_own_writes_once(kube: Kube, unique: str) -> None:
+    """An index follows every change; a write observed from its answer is told to handlers at once,
+    and the watch's later copy of the same version is not told again; a stale base is refused."""
+    names = [f"idx-{i}-{unique}" for i in range(3)]
+    for name in names:
+        make_node(kube, name, labels={"test-idx": unique})
+    told: list[tuple[str, str, str]] = []
+    inf = Informer(AsyncKube(kube), NODES, label_selector=f"test-idx={unique}")
+    inf.add_index("zone", lambda o: (o["metadata"].get("labels") or {}).get("zone"))
+    inf.add_handler(lambda et, o, old: told.append((et, o["metadata"]["name"], o["metadata"]["resourceVersion"])))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(inf.run)
+        await inf.wait_synced()
+        assert inf.by_index("zone", "a") == []
+        base = inf.get(names[0])["metadata"]["resourceVersion"]
+        written = await anyio.to_thread.run_sync(lambda: kube.patch(NODES, names[0], {
+            "metadata": {"labels": {"zone": "a"}, "resourceVersion": base}}))
+        # taken now, unless the watch already brought it (then there is nothing to take)
+        took = inf.observe_write(written, base)
+        assert took or inf.get(names[0])["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+        assert [o["metadata"]["name"] for o in inf.by_index("zone", "a")] == [names[0]]
+        # a change nobody observed arrives by the watch, after the watch's copy of our own write
+        await anyio.to_thread.run_sync(lambda: kube.patch(NODES, names[1], {"metadata": {"labels": {"zone": "a"}}}))
+        await wait_for(lambda: len(inf.by_index("zone", "a")) == 2, what="the watched change indexed")
+        # moving to another zone leaves the old bucket; deleting leaves the index
+        await anyio.to_thread.run_sync(lambda: kube.patch(NODES, names[1], {"metadata": {"labels": {"zone": "b"}}}))
+        await wait_for(lambda: [o["metadata"]["name"] for o in inf.by_index("zone", "b")] == [names[1]], what="move")
+        await anyio.to_thread.run_sync(lambda: kube.delete(NODES, names[1]))
+        await wait_for(lambda: inf.by_index("zone", "b") == [], what="deletion unindexed")
+        assert not inf.observe_write(written, base), "a base the cache no longer holds must be refused"
+        tg.cancel_scope.cancel()
+    own = [t for t in told if t[1] == names[0] and t[2] == written["metadata"]["resourceVersion"]]
+    assert own == [("MODIFIED", names[0], written["metadata"]["resourceVersion"])], told
+    with pytest.raises(ValueError):
+        inf.add_index("zone", lambda o: None)
+
+
 async def test_informer_relists_after_410_and_reports_what_vanished(compacting_plane: ControlPlane) -> None:
     kube = compacting_plane.kube()
     for n in ("gone-1", "gone-2", "stays"):

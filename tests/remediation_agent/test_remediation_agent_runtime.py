@@ -20,11 +20,14 @@ from nvsentinel._proto import gpu_pb2  # noqa: E402
 from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 from nvsentinel.policy.healthevent import Phase  # noqa: E402
 from nvsentinel.k8s import AlreadyExists, Invalid, ServerUnavailable  # noqa: E402
+from nvsentinel.k8s.kube import FlowControl  # noqa: E402
 from nvsentinel.node.remediation_agent.agent import RemediationAgent  # noqa: E402
 
 
 class FakeKube:
     """Creates by name like the API server (409 on a duplicate); `fail` is raised instead when set."""
+
+    flow = FlowControl("client", 0, 1)  # what AsyncKube reads to build its limiters
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}

@@ -22,21 +22,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     he.set_defaults(func=run)
 
 
-def event_selector(name: str) -> str:
-    return f"involvedObject.name={name},involvedObject.kind=HealthEvent"
+def event_selector(name: str, kind: str = "HealthEvent") -> str:
+    return f"involvedObject.name={name},involvedObject.kind={kind}"
 
 
 def related_events(kube: Kube, obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Events about this object, in every namespace (a cluster-scoped object's land in "default").
+    """The Events about this HealthEvent, in every namespace (a cluster-scoped object's land in "default"),
+    and the Events on its Node that name it (the controllers announce cordon, reboot Job and uncordon there).
 
     Events left by an earlier object of the same name are dropped by UID, as kubectl does.
     """
     from nvsentinel.k8s.resources import EVENTS
 
     meta = obj.get("metadata") or {}
-    items, _ = kube.list(EVENTS, field_selector=event_selector(str(meta.get("name", ""))))
+    name = str(meta.get("name", ""))
+    items, _ = kube.list(EVENTS, field_selector=event_selector(name))
     uid = meta.get("uid")
-    return [e for e in items if not uid or (e.get("involvedObject") or {}).get("uid") in (None, "", uid)]
+    out = [e for e in items if not uid or (e.get("involvedObject") or {}).get("uid") in (None, "", uid)]
+    node = str((obj.get("spec") or {}).get("nodeName") or "")
+    if node:
+        on_node, _ = kube.list(EVENTS, field_selector=event_selector(node, "Node"))
+        out += [e for e in on_node if f"HealthEvent {name})" in str(e.get("message", ""))]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,11 @@ retries on fresh caches), and a rerun after a crash between the two finds the No
 (its ownership annotation names the event), so it only writes the status. Nothing is done twice and
 no cordon is counted twice: the breaker counts nodes, not events.
 
-Breaker decisions are serialized by one lock; cordons this process decided but the Node informer
-does not show yet are kept in `_recent`, so concurrent workers cannot overshoot the limit.
+Breaker decisions are serialized by one lock and cost log time at any fleet size: the cordons the
+breaker counts live in a `CordonLedger` kept up to date by the Node informer's handler (with the GPU
+node count), plus the cordons this process decided but the Node informer does not show yet
+(`_recent`), so concurrent workers cannot overshoot the limit. The Node patch's answer goes into the
+shared cache at once (`observe_write`).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from nvsentinel.cluster.indexes import BY_NODE, event_node, slim_node
 from nvsentinel.cluster.quarantine import logic
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.k8s import AlreadyExists, KubeConflict, KubeNotFound
@@ -25,7 +29,7 @@ from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.status import write_outcome
-from nvsentinel.policy.breaker import BreakerPolicy, BreakerState, Verdict, evaluate
+from nvsentinel.policy.breaker import BreakerPolicy, BreakerState, CordonLedger, Verdict, evaluate
 from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase
 
 logger = logging.getLogger(__name__)
@@ -48,7 +52,10 @@ class QuarantineController:
         self.policy = BreakerPolicy(self.config.breaker_percent, self.config.breaker_max_nodes,
                                     self.config.breaker_window)
         self._lock: anyio.Lock | None = None
-        self._recent: dict[str, _dt.datetime] = {}   # node → when this process decided to cordon it
+        self._recent: dict[str, _dt.datetime] = {}   # node → when this process decided to cordon it (not seen yet)
+        self._ledger = CordonLedger()                 # node → since, of every cordon the breaker counts
+        self._annotations: dict[str, str] = {}        # node → ownership annotation text the ledger was read from
+        self._gpu_nodes: set[str] = set()
         self._held: set[str] = set()                  # events waiting for the breaker
         self._state: BreakerState | None = None       # last known breaker state (None: read the ConfigMap)
         self._state_rv: str | None = None
@@ -69,7 +76,8 @@ class QuarantineController:
         ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
         node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
         self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._nodes = ctx.informer(NODES, **node_sel)
+        self._events.add_index(BY_NODE, event_node)
+        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
         self._configmaps = ctx.informer(CONFIGMAPS, namespace=ctx.namespace,
                                         field_selector=f"metadata.name={cfg.breaker_configmap}")
 
@@ -83,12 +91,12 @@ class QuarantineController:
                 ctx.queue.add(name)
 
         def on_node(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            self._track_node(etype, obj)
             if etype != "ADDED":
                 return
             node = obj["metadata"]["name"]  # events that waited for this Node (NodeNotFound) go now
-            for ev in self._events.list():
-                spec = ev.get("spec") or {}
-                if spec.get("nodeName") == node and ((ev.get("status") or {}).get("phase") or "New") == Phase.NEW:
+            for ev in self._events.by_index(BY_NODE, node):
+                if ((ev.get("status") or {}).get("phase") or "New") == Phase.NEW:
                     ctx.queue.add(ev["metadata"]["name"])
 
         def on_breaker(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -102,6 +110,33 @@ class QuarantineController:
         self._events.add_handler(on_event)
         self._nodes.add_handler(on_node)
         self._configmaps.add_handler(on_breaker)
+
+    def _track_node(self, etype: str, obj: dict[str, Any]) -> None:
+        """Keep the ledger and the GPU node count in step with the Node cache (per change, not per decision)."""
+        name = obj["metadata"]["name"]
+        if etype == "DELETED":
+            self._gpu_nodes.discard(name)
+            self._annotations.pop(name, None)
+            self._recent.pop(name, None)
+            self._ledger.set(name, None)
+            return
+        if logic.is_gpu_node(obj):
+            self._gpu_nodes.add(name)
+        else:
+            self._gpu_nodes.discard(name)
+        text = ((obj.get("metadata") or {}).get("annotations") or {}).get(logic.ANNOTATION) or ""
+        if self._annotations.get(name) == text and name not in self._recent:
+            return
+        self._annotations[name] = text
+        try:
+            own = logic.ownership_of(obj)
+        except ValueError:
+            own = None
+        if own is not None and own.cordoned_by_us:
+            self._recent.pop(name, None)  # the cache shows our cordon now
+            self._ledger.set(name, own.since)
+        else:
+            self._ledger.set(name, self._recent.get(name))
 
     # ---- reconcile --------------------------------------------------------------------------------
     async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
@@ -148,7 +183,9 @@ class QuarantineController:
             # the same `since` as the breaker recorded, on this try and on any retry of it
             plan = logic.plan_node(node, event.name, now=self._recent.get(node_name, now), cfg=cfg)
         if plan.patch is not None:
-            await ctx.kube.patch(NODES, node_name, plan.patch, dry_run=ctx.dry_run)
+            written = await ctx.kube.patch(NODES, node_name, plan.patch, dry_run=ctx.dry_run)
+            if not ctx.dry_run:
+                ctx.observe_write(NODES, written, str(node["metadata"].get("resourceVersion", "")))
             logger.info("node quarantined" if not ctx.dry_run else "dry-run: node would be quarantined",
                         extra={"kv": {"node": node_name, "healthevent": event.name, "reason": plan.reason,
                                       "events": ",".join(plan.ownership.events)}})
@@ -161,19 +198,22 @@ class QuarantineController:
             self._lock = anyio.Lock()
         async with self._lock:
             state = await self._load_state(ctx)
-            nodes = self._nodes.list()
             horizon = now - _dt.timedelta(seconds=self.policy.window)
             for n in [n for n, t in self._recent.items() if t <= horizon]:
                 del self._recent[n]
-            cordons = logic.our_cordons(nodes)
-            for n, t in self._recent.items():
-                cordons.setdefault(n, t)
-            verdict = evaluate(self.policy, state, node=node_name, cordons=cordons,
-                               gpu_nodes=logic.gpu_node_count(nodes), now=now, force=force)
+                self._annotations.pop(n, None)
+                cached = self._nodes.get(n)
+                if cached is not None:
+                    self._track_node("SYNC", cached)
+                else:
+                    self._ledger.set(n, None)
+            verdict = evaluate(self.policy, state, node=node_name, cordons=self._ledger,
+                               gpu_nodes=len(self._gpu_nodes), now=now, force=force)
             if verdict.changed:
                 await self._save_state(verdict.state, ctx)
             if verdict.allowed and not verdict.already_counted:
                 self._recent[node_name] = now
+                self._ledger.set(node_name, now)
             self._g_tripped.set(1 if verdict.state.tripped else 0)
             self._g_counted.set(verdict.counted)
             self._g_limit.set(verdict.limit)

@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 from typing import Any
 
+from nvsentinel.cluster.indexes import BY_EVENT, BY_NODE, event_node, job_event, slim_node
 from nvsentinel.cluster.remediation import logic
 from nvsentinel.cluster.remediation.config import RemediationConfig
 from nvsentinel.k8s import AlreadyExists, Forbidden, Invalid, KubeNotFound
@@ -53,9 +54,11 @@ class RemediationController:
         ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
         node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
         self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._nodes = ctx.informer(NODES, **node_sel)
+        self._events.add_index(BY_NODE, event_node)
+        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
         self._jobs = ctx.informer(JOBS, namespace=cfg.namespace,
                                   label_selector=",".join(f"{k}={v}" for k, v in logic.JOB_LABELS.items()))
+        self._jobs.add_index(BY_EVENT, job_event)
 
         def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             name = obj["metadata"]["name"]
@@ -65,17 +68,15 @@ class RemediationController:
             spec = obj.get("spec") or {}
             if spec.get("isHealthy"):
                 # a healthy event may be the verification a gpu-reset waits for
-                for ev in self._events.list():
-                    st = ev.get("status") or {}
-                    if (ev.get("spec") or {}).get("nodeName") == spec.get("nodeName") and \
-                            st.get("phase") == Phase.REMEDIATING:
+                for ev in self._events.by_index(BY_NODE, str(spec.get("nodeName") or "")):
+                    if (ev.get("status") or {}).get("phase") == Phase.REMEDIATING:
                         ctx.queue.add(ev["metadata"]["name"])
                 return
             if ((obj.get("status") or {}).get("phase") or Phase.NEW) in _LIVE:
                 ctx.queue.add(name)
 
         def on_job(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-            event = ((obj.get("metadata") or {}).get("annotations") or {}).get(logic.ANNOTATION_EVENT)
+            event = job_event(obj)
             if event:
                 ctx.queue.add(event)
 
@@ -114,9 +115,7 @@ class RemediationController:
 
     def _node_events(self, node: str) -> list[HealthEvent]:
         out = []
-        for obj in self._events.list():
-            if (obj.get("spec") or {}).get("nodeName") != node:
-                continue
+        for obj in self._events.by_index(BY_NODE, node):
             try:
                 out.append(HealthEvent.from_dict(obj))
             except (KeyError, TypeError, ValueError):
@@ -153,7 +152,7 @@ class RemediationController:
         return logic.held_outcome(event, strategy, why)
 
     def _attempts(self, event: HealthEvent) -> dict[int, dict[str, Any]]:
-        return logic.attempts_of(event.name, self._jobs.list())  # type: ignore[return-value]
+        return logic.attempts_of(event.name, self._jobs.by_index(BY_EVENT, event.name))  # type: ignore[return-value]
 
     # ---- actions ----------------------------------------------------------------------------------
     async def _act(self, event: HealthEvent, outcome: logic.RemediationOutcome, node: dict[str, Any] | None,
@@ -161,7 +160,8 @@ class RemediationController:
         if outcome.create_job is not None:
             body = logic.job_body(event, outcome.create_job, self.config)
             try:
-                await ctx.kube.create(JOBS, body, self.config.namespace)
+                created = await ctx.kube.create(JOBS, body, self.config.namespace)
+                ctx.observe_write(JOBS, created, None)  # the next reconcile sees this attempt, not none
             except AlreadyExists:
                 return  # this attempt exists: never a second reboot
             except (Invalid, Forbidden) as exc:
@@ -175,7 +175,9 @@ class RemediationController:
             logger.info("reboot job created", extra={"kv": {
                 "healthevent": event.name, "node": event.spec.node_name, "attempt": outcome.create_job,
                 "job": f"{self.config.namespace}/{body['metadata']['name']}"}})
-            await ctx.recorder.event(event.to_dict(), "Normal", outcome.reason, outcome.message)
+            # on the Node, where operators look (the status says it on the HealthEvent)
+            await ctx.recorder.event(node if node is not None else event.to_dict(), "Normal", outcome.reason,
+                                     f"{outcome.message} (HealthEvent {event.name})")
         if outcome.delete_node and node is not None:
             try:
                 await ctx.kube.delete(NODES, event.spec.node_name, uid=node["metadata"].get("uid"))

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from nvsentinel.cluster.indexes import JOB_EVENT_ANNOTATION
 from nvsentinel.cluster.remediation.config import RemediationConfig
 from nvsentinel.policy.healthevent import GROUP, KIND, VERSION, ConditionType, HealthEvent, Phase
 from nvsentinel.policy.outcome import Outcome, apply_outcome
@@ -38,7 +39,8 @@ STRATEGY_ANNOTATION = "nvsentinel.nvidia.com/remediation-strategy"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_REMEDIATION = "nvsentinel.nvidia.com/remediation"
 LABEL_EVENT = "nvsentinel.nvidia.com/healthevent-hash"
-ANNOTATION_EVENT = "nvsentinel.nvidia.com/healthevent"
+#: The Job annotation naming its HealthEvent (the Jobs are indexed by it).
+ANNOTATION_EVENT = JOB_EVENT_ANNOTATION
 #: The label selector of every Job this stage creates.
 JOB_LABELS = {LABEL_MANAGED_BY: "nvsentinel", LABEL_REMEDIATION: "reboot"}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nvsentinel.cluster.indexes import BY_NODE, event_node, slim_node
 from nvsentinel.cluster.ownership import ownership_of
 from nvsentinel.cluster.resolution import logic
 from nvsentinel.cluster.resolution.config import ResolutionConfig
@@ -51,7 +52,8 @@ class ResolutionController:
         ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
         node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
         self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._nodes = ctx.informer(NODES, **node_sel)
+        self._events.add_index(BY_NODE, event_node)
+        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
 
         def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             node = (obj.get("spec") or {}).get("nodeName")
@@ -118,7 +120,9 @@ class ResolutionController:
         rv = str(node["metadata"].get("resourceVersion"))
         if ctx.dry_run and self._dry_released.get(key) == rv:
             return None  # announced already for this very Node state
-        await ctx.kube.patch(NODES, key, release.patch, dry_run=ctx.dry_run)
+        written = await ctx.kube.patch(NODES, key, release.patch, dry_run=ctx.dry_run)
+        if not ctx.dry_run:
+            ctx.observe_write(NODES, written, rv)
         if ctx.dry_run:
             self._dry_released[key] = rv
         action = ("dry-run-" if ctx.dry_run else "") + release.action
@@ -146,9 +150,7 @@ class ResolutionController:
 
     def _node_events(self, node: str, ctx: ControllerContext) -> list[HealthEvent]:
         out = []
-        for obj in self._events.list():
-            if (obj.get("spec") or {}).get("nodeName") != node:
-                continue
+        for obj in self._events.by_index(BY_NODE, node):
             event = read_event(obj, ctx)
             if event is not None:
                 out.append(event)

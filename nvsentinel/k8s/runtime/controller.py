@@ -37,6 +37,7 @@ class ControllerContext:
     def __init__(self, name: str, *, kube: AsyncKube, queue: WorkQueue, recorder: EventRecorder,
                  metrics: ControllerMetrics, dry_run: bool, namespace: str,
                  informer_factory: Callable[..., Informer],
+                 observe_write: Callable[[Resource, dict[str, Any], str | None], None] | None = None,
                  clock: Callable[[], _dt.datetime] | None = None) -> None:
         self.name = name
         self.kube = kube
@@ -46,11 +47,18 @@ class ControllerContext:
         self.dry_run = dry_run
         self.namespace = namespace
         self._informer_factory = informer_factory
+        self._observe_write = observe_write
         self._clock = clock or (lambda: _dt.datetime.now(_dt.timezone.utc))
 
     def informer(self, resource: Resource, **selectors: Any) -> Informer:
         """The shared informer for `resource` (+ selectors), created on first use, run by the Manager."""
         return self._informer_factory(resource, **selectors)
+
+    def observe_write(self, resource: Resource, written: dict[str, Any], base_rv: str | None) -> None:
+        """Our write of `resource` made from version `base_rv` (None: a create) returned `written`: the
+        shared caches take it now, so this and every other stage act on it without waiting for the watch."""
+        if self._observe_write is not None:
+            self._observe_write(resource, written, base_rv)
 
     def now(self) -> _dt.datetime:
         return self._clock()

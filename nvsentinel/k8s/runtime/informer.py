@@ -12,6 +12,13 @@ client-go's reflector + indexer, for anyio, on dict JSON:
 
 Handlers run on the event loop, synchronously, in event order; one that raises is logged and the
 informer goes on.
+
+Indexes (`add_index`, `by_index`): a stage asks "this node's events" or "this event's Jobs" in time
+that does not grow with the fleet. Writes (`observe_write`): a stage that patched an object puts the
+server's answer in the cache at once (only when the cache still holds the version it patched), so it
+and the other stages act on what was just written, not on a cache one watch event behind it (the 409
+storms of a stage that re-reads its own stale copy). The watch's later copy of that same version is
+taken quietly.
 """
 from __future__ import annotations
 
@@ -21,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.to_thread
 
 from nvsentinel.k8s import AsyncKube, Gone, KubeError
 from nvsentinel.k8s.resources import Resource
@@ -29,8 +35,28 @@ from nvsentinel.k8s.resources import Resource
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any], "dict[str, Any] | None"], None]
+IndexFunc = Callable[[dict[str, Any]], "str | None"]
 
-__all__ = ["Informer", "object_key"]
+__all__ = ["Informer", "object_key", "resource_version_int", "strip_managed_fields"]
+
+
+def strip_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The default cache transform (client-go's TransformStripManagedFields): `metadata.managedFields`
+    is server-side apply's bookkeeping, often as large as the object, and no stage reads it."""
+    meta = obj.get("metadata")
+    if meta:
+        meta.pop("managedFields", None)
+    return obj
+
+
+def resource_version_int(rv: object) -> int | None:
+    """A resourceVersion as an integer, or None. Kubernetes calls RVs opaque; every etcd-backed server
+    uses the store's revision, so an order is used only where a fallback exists for a server whose RVs
+    are not integers."""
+    try:
+        return int(str(rv))
+    except ValueError:
+        return None
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -43,7 +69,8 @@ class Informer:
     def __init__(self, kube: AsyncKube, resource: Resource, *, namespace: str | None = None,
                  label_selector: str | None = None, field_selector: str | None = None,
                  resync_period: float = 300.0, watch_timeout: int = 240,
-                 backoff_initial: float = 0.2, backoff_max: float = 10.0) -> None:
+                 backoff_initial: float = 0.2, backoff_max: float = 10.0,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.kube = kube
         self.resource = resource
         self.namespace = namespace
@@ -53,8 +80,11 @@ class Informer:
         self.watch_timeout = watch_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self._transform = transform or strip_managed_fields
         self._cache: dict[str, dict[str, Any]] = {}
         self._handlers: list[Handler] = []
+        self._index_funcs: dict[str, IndexFunc] = {}
+        self._indexes: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # index → value → key → obj
         self._synced = anyio.Event()
         self._rv = ""
         self.relists = 0
@@ -69,6 +99,77 @@ class Informer:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def add_index(self, name: str, fn: IndexFunc) -> None:
+        """Keep objects by `fn(obj)` (None: not indexed). One name, one function: stages share it."""
+        if name in self._index_funcs:
+            if self._index_funcs[name] is not fn:
+                raise ValueError(f"index {name!r} of {self.resource.plural} already has another function")
+            return
+        self._index_funcs[name] = fn
+        index: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, obj in self._cache.items():
+            value = fn(obj)
+            if value is not None:
+                index.setdefault(value, {})[key] = obj
+        self._indexes[name] = index
+
+    def by_index(self, name: str, value: str) -> list[dict[str, Any]]:
+        return list(self._indexes[name].get(value, {}).values())
+
+    def observe_write(self, obj: dict[str, Any], base_rv: str | None) -> bool:
+        """Our own write returned `obj`, made from version `base_rv` (None: we created it): take it now
+        if the cache still holds `base_rv` (or, for a create, nothing under that name); else the watch
+        already brought that or a later version. Handlers are told."""
+        meta = obj.get("metadata") or {}
+        if not meta.get("name") or not meta.get("resourceVersion"):
+            return False
+        if base_rv is None and not self._selected(obj):
+            return False
+        key = object_key(obj)
+        prev = self._cache.get(key)
+        if (prev is not None) if base_rv is None else (prev is None or prev["metadata"].get("resourceVersion") != base_rv):
+            return False
+        obj.setdefault("apiVersion", self.resource.api_version)
+        obj.setdefault("kind", self.resource.kind)
+        obj = self._transform(obj)
+        self._store(key, obj, prev)
+        self._emit("ADDED" if prev is None else "MODIFIED", obj, prev)
+        return True
+
+    def _selected(self, obj: dict[str, Any]) -> bool:
+        """Whether a created object belongs in this cache (namespace and equality label selectors;
+        anything else is left to the watch)."""
+        meta = obj.get("metadata") or {}
+        if self.namespace and meta.get("namespace") != self.namespace:
+            return False
+        if self.field_selector:
+            return False
+        labels = meta.get("labels") or {}
+        for term in filter(None, (self.label_selector or "").split(",")):
+            k, sep, v = term.partition("=")
+            if not sep or k.endswith("!") or labels.get(k) != v.lstrip("="):
+                return False
+        return True
+
+    def _store(self, key: str, obj: dict[str, Any] | None, prev: dict[str, Any] | None) -> None:
+        """Put (or, obj None, drop) one object, indexes included."""
+        for name, fn in self._index_funcs.items():
+            index = self._indexes[name]
+            old_value = fn(prev) if prev is not None else None
+            new_value = fn(obj) if obj is not None else None
+            if old_value is not None and old_value != new_value:
+                bucket = index.get(old_value)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del index[old_value]
+            if new_value is not None:
+                index.setdefault(new_value, {})[key] = obj  # type: ignore[assignment]
+        if obj is None:
+            self._cache.pop(key, None)
+        else:
+            self._cache[key] = obj
 
     @property
     def synced(self) -> bool:
@@ -116,9 +217,16 @@ class Informer:
     async def _relist(self) -> None:
         items, rv = await self.kube.list(self.resource, self.namespace, label_selector=self.label_selector,
                                          field_selector=self.field_selector)
-        fresh = {object_key(o): o for o in items}
+        fresh = {object_key(o): self._transform(o) for o in items}
         old = self._cache
         self._cache = fresh
+        for name, fn in self._index_funcs.items():
+            index: dict[str, dict[str, dict[str, Any]]] = {}
+            for key, obj in fresh.items():
+                value = fn(obj)
+                if value is not None:
+                    index.setdefault(value, {})[key] = obj
+            self._indexes[name] = index
         self._rv = rv
         self.relists += 1
         for key, obj in fresh.items():
@@ -135,7 +243,7 @@ class Informer:
     async def _watch_once(self) -> None:
         sync = self.kube.sync
         timeout = int(self.watch_timeout * (0.75 + random.random() / 2))
-        stream = await anyio.to_thread.run_sync(lambda: sync.watch(
+        stream = await self.kube.run_sync(lambda: sync.watch(
             self.resource, resource_version=self._rv, namespace=self.namespace,
             label_selector=self.label_selector, field_selector=self.field_selector, timeout_seconds=timeout))
         self.watch_restarts += 1
@@ -143,7 +251,7 @@ class Informer:
         done = object()
         try:
             while True:
-                item = await anyio.to_thread.run_sync(next, it, done, abandon_on_cancel=True)
+                item = await self.kube.run_sync(next, it, done, abandon_on_cancel=True)
                 if item is done:
                     return
                 etype, obj = item  # type: ignore[misc]
@@ -164,13 +272,16 @@ class Informer:
             return
         obj.setdefault("apiVersion", self.resource.api_version)
         obj.setdefault("kind", self.resource.kind)
+        obj = self._transform(obj)
         key = object_key(obj)
         prev = self._cache.get(key)
         if etype == "DELETED":
-            self._cache.pop(key, None)
+            self._store(key, None, prev)
             self._emit("DELETED", obj, prev)
+        elif prev is not None and rv and prev["metadata"].get("resourceVersion") == rv:
+            self._store(key, obj, prev)  # our own write, taken already by observe_write: nothing new
         else:
-            self._cache[key] = obj
+            self._store(key, obj, prev)
             self._emit("ADDED" if prev is None else "MODIFIED", obj, prev)
 
     async def _resync_loop(self) -> None:

@@ -3,13 +3,19 @@
 Informers run on every replica (a standby keeps warm caches, so a takeover acts at once); only
 the leader's workers reconcile. Becoming leader enqueues every cached object (a full level-
 triggered sweep), so nothing a previous leader left half-done is forgotten. Shutdown: stop
-taking keys, let running reconciles finish (bounded), release the lease.
+taking keys, let running reconciles finish (bounded), send the queued Kubernetes Events (bounded),
+release the lease.
+
+Every controller talks to the API server on its own client lane (`AsyncKube.lane`: own rate budget,
+own threads), as do the informers, the leader elector and the Event recorder: the quarantine stage's
+cordons never wait behind the drain's evictions, a lease renewal never waits behind a burst, and an
+Event never waits in front of anything.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -20,7 +26,7 @@ from nvsentinel.k8s.resources import Resource
 from nvsentinel.k8s.runtime.controller import ControllerContext, Reconciler, Result
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.leader import LeaderElectionConfig, LeaderElector
-from nvsentinel.k8s.runtime.metrics import ControllerMetrics, ManagerMetrics
+from nvsentinel.k8s.runtime.metrics import ControllerMetrics, ManagerMetrics, register_kube_collector
 from nvsentinel.k8s.runtime.recorder import EventRecorder
 from nvsentinel.k8s.runtime.workqueue import ShutDown, WorkQueue
 
@@ -44,21 +50,22 @@ class Manager:
         self.resync_period = resync_period
         self.shutdown_timeout = shutdown_timeout
         self.metrics = ManagerMetrics(self.registry)
-        self.recorder = EventRecorder(kube, component)
+        self.recorder = EventRecorder(kube.lane("events", threads=8), component)
+        register_kube_collector(self.registry, kube, self.recorder)
         self.informers: dict[tuple[Any, ...], Informer] = {}
         self.reconcilers = list(reconcilers)
         self.contexts: dict[str, ControllerContext] = {}
-        self.elector = (LeaderElector(kube, leader_election, on_change=self._on_leader_change)
-                        if leader_election else None)
+        self.elector = (LeaderElector(kube.lane("leader", threads=2), leader_election,
+                                      on_change=self._on_leader_change) if leader_election else None)
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._drained = anyio.Event()
         self._leading = False
         for rec in self.reconciles_unique():
             ctx = ControllerContext(
-                rec.name, kube=kube, queue=WorkQueue(name=rec.name), recorder=self.recorder,
-                metrics=ControllerMetrics(rec.name, self.registry), dry_run=dry_run, namespace=namespace,
-                informer_factory=self.informer)
+                rec.name, kube=kube.lane(rec.name, threads=max(16, 2 * workers)), queue=WorkQueue(name=rec.name),
+                recorder=self.recorder, metrics=ControllerMetrics(rec.name, self.registry), dry_run=dry_run,
+                namespace=namespace, informer_factory=self.informer, observe_write=self.observe_write)
             self.contexts[rec.name] = ctx
             rec.setup(ctx)
 
@@ -68,13 +75,22 @@ class Manager:
             raise ValueError(f"duplicate controller names: {names}")
         return self.reconcilers
 
-    def informer(self, resource: Resource, **selectors: Any) -> Informer:
-        key = (resource, tuple(sorted(selectors.items())))
+    def informer(self, resource: Resource, *, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 **selectors: Any) -> Informer:
+        """The shared informer of `resource` with these selectors and cache transform (made on first use)."""
+        key = (resource, tuple(sorted(selectors.items())), transform)
         inf = self.informers.get(key)
         if inf is None:
-            inf = Informer(self.kube, resource, resync_period=self.resync_period, **selectors)
+            inf = Informer(self.kube.lane("informers", threads=64), resource, resync_period=self.resync_period,
+                           transform=transform, **selectors)
             self.informers[key] = inf
         return inf
+
+    def observe_write(self, resource: Resource, obj: dict[str, Any], base_rv: str | None) -> None:
+        """A controller's write returned `obj`: every informer of `resource` that held `base_rv` takes it."""
+        for (res, _, _), inf in self.informers.items():
+            if res == resource:
+                inf.observe_write(obj, base_rv)
 
     @property
     def is_leader(self) -> bool:
@@ -94,6 +110,7 @@ class Manager:
         async with anyio.create_task_group() as tg:
             for inf in self.informers.values():
                 tg.start_soon(inf.run)
+            tg.start_soon(self.recorder.run)
             tg.start_soon(self._main, tg.cancel_scope)
             await self._stop.wait()
             logger.info("controllers stopping")
@@ -102,6 +119,7 @@ class Manager:
             if self._leading:
                 with anyio.move_on_after(self.shutdown_timeout):
                     await self._drained.wait()
+                await self.recorder.flush(timeout=2.0)
             tg.cancel_scope.cancel()
 
     async def _main(self, scope: anyio.CancelScope) -> None:

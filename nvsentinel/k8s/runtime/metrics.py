@@ -6,11 +6,18 @@ several managers in one process do not collide.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["ControllerMetrics", "ManagerMetrics"]
+if TYPE_CHECKING:
+    from nvsentinel.k8s import AsyncKube
+    from nvsentinel.k8s.runtime.recorder import EventRecorder
+
+__all__ = ["ControllerMetrics", "ManagerMetrics", "register_kube_collector"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -42,3 +49,44 @@ class ManagerMetrics:
                                           "Times this process became leader", registry=registry)
         self.kube_requests_throttled = Counter("nvsentinel_controllers_informer_relists_total",
                                                "Informer relists (410 Gone or start)", registry=registry)
+
+
+class _KubeCollector(Collector):
+    """The client lanes' and the Event recorder's counters, read at scrape time (no locks on the hot path)."""
+
+    def __init__(self, kube: AsyncKube, recorder: EventRecorder | None) -> None:
+        self.kube = kube
+        self.recorder = recorder
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily("nvsentinel_kube_requests", "API requests by client lane, verb and result "
+                                       "(2xx, or the status code)", labels=["lane", "verb", "code"])
+        throttled = CounterMetricFamily("nvsentinel_kube_throttled_seconds", "Seconds a lane waited for its "
+                                        "client-side rate limit", labels=["lane"])
+        retried = CounterMetricFamily("nvsentinel_kube_retries", "Requests retried after a 429 and its "
+                                      "Retry-After", labels=["lane"])
+        for name, lane in sorted(self.kube.lanes.items()):
+            for (verb, code), n in sorted(lane.stats.requests.items()):
+                requests.add_metric([name, verb, code], n)
+            throttled.add_metric([name], lane.stats.throttled_seconds)
+            retried.add_metric([name], lane.stats.retried_429)
+        yield requests
+        yield throttled
+        yield retried
+        yield GaugeMetricFamily("nvsentinel_kube_server_flow_control", "1 when the API server does API Priority "
+                                "and Fairness and the client-side limit is only a ceiling",
+                                value=1 if self.kube.sync.server_flow_control else 0)
+        if self.recorder is not None:
+            events = CounterMetricFamily("nvsentinel_controllers_k8s_events", "Kubernetes Events: sent, aggregated "
+                                         "into a queued one, or dropped (queue full)", labels=["result"])
+            events.add_metric(["sent"], self.recorder.recorded)
+            events.add_metric(["aggregated"], self.recorder.aggregated)
+            events.add_metric(["dropped"], self.recorder.dropped)
+            yield events
+            yield GaugeMetricFamily("nvsentinel_controllers_k8s_events_queued", "Kubernetes Events waiting to be "
+                                    "sent", value=len(self.recorder))
+
+
+def register_kube_collector(registry: CollectorRegistry, kube: AsyncKube,
+                            recorder: EventRecorder | None = None) -> None:
+    registry.register(_KubeCollector(kube, recorder))

@@ -3,8 +3,15 @@
 A stage decides a new status (for most, `nvsentinel.policy.outcome.apply_outcome` of an `Outcome`)
 and hands it here. The write is optimistic (the resourceVersion the stage read), skipped when
 nothing changed, and a *decision* (a condition's status or reason, or the phase, changed) is counted
-in `<controller>_actions_total`, logged once and announced as a Kubernetes Event on the HealthEvent;
-a message refresh (progress) is written quietly.
+in `<controller>_actions_total` and logged once; a message refresh (progress) is written quietly.
+
+Kubernetes Events: the status's conditions already say every decision, with reason, message and
+time (`nvsentinel describe` and `kubectl describe` show them), so a Normal decision is not repeated
+as an Event on the HealthEvent (that was 7 of the 24 requests a remediated node cost). A decision
+that needs a human (a Warning) is announced on the HealthEvent; the actions on other objects that
+operators look for (cordon, reboot Job, uncordon) are announced by the stages on the Node. The written object goes into the shared caches at
+once (`ControllerContext.observe_write`): the next stage starts from it, and a rerun never patches
+from the version it just replaced.
 """
 from __future__ import annotations
 
@@ -36,9 +43,9 @@ async def write_status(ctx: ControllerContext, event: HealthEvent, status: Healt
                        quiet: bool = False, refresh: bool = True) -> Written:
     """Write `status` if it differs from `event`'s; count, log and announce a new decision once.
 
-    `announce`: the Event's (type, reason, message) and `condition` the one decided; default the
-    first changed condition's, Normal.
-    `quiet`: a decision whose Event someone else makes (or that the status alone says). `refresh=False`:
+    `announce`: the decision's (type, reason, message), announced as an Event on the HealthEvent when
+    its type is Warning; `condition` the one decided (default: the first changed one).
+    `quiet`: a Warning whose Event someone else makes. `refresh=False`:
     a message refresh is not written now (the stage writes it on its next pass).
     """
     if status.to_dict() == event.status.to_dict():
@@ -50,6 +57,7 @@ async def write_status(ctx: ControllerContext, event: HealthEvent, status: Healt
     written = await ctx.kube.patch(HEALTHEVENTS, event.name, {
         "metadata": {"resourceVersion": event.resource_version}, "status": status.to_dict()},
         subresource="status")
+    ctx.observe_write(HEALTHEVENTS, written, event.resource_version)
     if not decided:
         return Written(written, False)
     if action:
@@ -59,9 +67,8 @@ async def write_status(ctx: ControllerContext, event: HealthEvent, status: Healt
         "controller": ctx.name, "healthevent": event.name, "node": event.spec.node_name,
         "phase": str(status.phase), "condition": condition or (str(first.type) if first else ""),
         "reason": announce[1] if announce else (first.reason if first else ""), "dry_run": ctx.dry_run}})
-    if not quiet and (announce is not None or first is not None):
-        type_, reason, message = announce or ("Normal", first.reason, first.message)  # type: ignore[union-attr]
-        await ctx.recorder.event(obj if obj is not None else event.to_dict(), type_, reason, message)
+    if not quiet and announce is not None and announce[0] == "Warning":
+        await ctx.recorder.event(obj if obj is not None else event.to_dict(), *announce)
     return Written(written, True)
 
 
