@@ -652,8 +652,11 @@ def _run(plane: FleetPlane, *, nodes: int, pods: int, k: int, steady: bool, rate
 
         # -- baseline: the bench cordons other nodes itself, unthrottled ------------------------------
         standins.start_nodes()
-        if n_base:
+        if n_base and not steady:
             result["baseline"] = _baseline(plane, fleet, base_nodes, admin, log)
+        # steady: the bench cordons one baseline node itself half-way between two events (the same
+        # request the controllers make, timed the same way, under the same background load)
+        base_cordon = _baseline_cordon(admin, fleet, base_nodes, admin) if steady and n_base else None
 
         # -- the controllers ----------------------------------------------------------------------------
         standins.start_chain()
@@ -679,7 +682,8 @@ def _run(plane: FleetPlane, *, nodes: int, pods: int, k: int, steady: bool, rate
         # -- the events ---------------------------------------------------------------------------------
         bodies = {n: fatal_body(n, run) for n in burst_nodes}
         start_wall, start = time.time(), time.monotonic()
-        create_errors = _create_events(burst_kube, fleet, burst_nodes, bodies, rate if steady else None)
+        create_errors = _create_events(burst_kube, fleet, burst_nodes, bodies, rate if steady else None,
+                                       base_cordon, base_nodes)
         created_s = time.monotonic() - start
         if create_errors:
             raise AssertionError(f"{len(create_errors)} HealthEvent creates failed: {create_errors[:5]}")
@@ -772,12 +776,12 @@ def _pf_headers(plane: FleetPlane) -> dict[str, Any]:
     return out
 
 
-def _baseline(plane: FleetPlane, fleet: Fleet, names: Sequence[str], admin: Kube, log: Log) -> dict[str, Any]:
-    """Cordon + taint `names` with one merge patch each (with resourceVersion), 32 threads, unthrottled."""
+def _baseline_cordon(kube: Kube, fleet: Fleet, names: Sequence[str], admin: Kube) -> Callable[[str], None]:
+    """What the controllers' cordon does, done by the bench: one merge patch (with resourceVersion) that
+    cordons, taints and annotates `n`; timed from just before it is sent to the node watch seeing it."""
     items, _ = admin.list(NODES, label_selector=f"{BASELINE_LABEL}={fleet.run}")
     rvs = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in items}
-    assert set(rvs) == set(names), f"baseline: {len(rvs)} of {len(names)} nodes listed"
-    kube = pooled_kube(plane.kubeconfig, BASELINE_THREADS + 4)
+    assert set(rvs) >= set(names), f"baseline: {len(rvs)} of {len(names)} nodes listed"
     since = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def cordon(n: str) -> None:
@@ -787,6 +791,13 @@ def _baseline(plane: FleetPlane, fleet: Fleet, names: Sequence[str], admin: Kube
         fleet.base_t0[n] = time.monotonic()
         kube.patch(NODES, n, patch)
 
+    return cordon
+
+
+def _baseline(plane: FleetPlane, fleet: Fleet, names: Sequence[str], admin: Kube, log: Log) -> dict[str, Any]:
+    """Cordon + taint `names` the controllers' way, 32 threads at once, unthrottled."""
+    kube = pooled_kube(plane.kubeconfig, BASELINE_THREADS + 4)
+    cordon = _baseline_cordon(kube, fleet, names, admin)
     try:
         start = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(BASELINE_THREADS) as pool:
@@ -806,7 +817,8 @@ def _baseline(plane: FleetPlane, fleet: Fleet, names: Sequence[str], admin: Kube
 
 
 def _create_events(kube: Kube, fleet: Fleet, nodes: Sequence[str], bodies: dict[str, dict],
-                   rate: float | None) -> list[str]:
+                   rate: float | None, base_cordon: Callable[[str], None] | None = None,
+                   base_nodes: Sequence[str] = ()) -> list[str]:
     errors: list[str] = []
 
     def create(n: str) -> None:
@@ -827,6 +839,11 @@ def _create_events(kube: Kube, fleet: Fleet, nodes: Sequence[str], bodies: dict[
                 if delay > 0:
                     time.sleep(delay)
                 futures.append(pool.submit(create, n))
+                if base_cordon is not None and i < len(base_nodes):
+                    delay = start + (i + 0.5) / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    base_cordon(base_nodes[i])
             for fut in futures:
                 fut.result()
     return errors
@@ -846,6 +863,9 @@ def _controller_metrics(port: int) -> dict[str, Any]:
             elif sample.name.endswith("_controller_actions_total") and sample.value > 0:
                 stage = sample.name.removeprefix("nvsentinel_").removesuffix("_controller_actions_total")
                 out[f"{stage}.{sample.labels.get('action', '')}"] = sample.value
+            elif sample.name.endswith("_controller_failures_total") and sample.value > 0:
+                stage = sample.name.removeprefix("nvsentinel_").removesuffix("_controller_failures_total")
+                out[f"{stage}.failed.{sample.labels.get('reason', '')}"] = sample.value
             elif sample.name == "nvsentinel_controllers_k8s_events_total":
                 out[f"k8s_events.{sample.labels.get('result', '')}"] = sample.value
             elif sample.name == "nvsentinel_kube_server_flow_control":
@@ -951,9 +971,19 @@ def _summarize(fleet: Fleet, k: int, pods: int, cap: int | None, breaker: str, a
     cordon = {"nodes": n_cordoned, "last_node_cordoned_s": round(last_cordon - first_t0, 3),
               "throughput_nodes_per_s": round(n_cordoned / (last_cordon - first_t0), 1),
               "max_per_node_s": lat["cordon"]["max"]}
+    # the first C cordons, C = the default breaker's cap: with the breaker on, all it lets through; with
+    # it off, the same count, to compare the breaker's cost below its cap
+    first = sorted(cordon_at.values())[:cap or breaker_cap(k)]
+    if first:
+        cordon["first_cap"] = {"nodes": len(first), "last_s": round(first[-1] - first_t0, 3),
+                               "throughput_nodes_per_s": round(len(first) / (first[-1] - first_t0), 1)}
     if baseline:
         cordon["baseline_nodes_per_s"] = baseline["throughput_nodes_per_s"]
         cordon["ratio_to_baseline"] = round(cordon["throughput_nodes_per_s"] / baseline["throughput_nodes_per_s"], 3)
+    if steady and fleet.base_cordon:
+        base = stats(fleet.base_cordon[n] - fleet.base_t0[n] for n in fleet.base_cordon if n in fleet.base_t0)
+        cordon["steady_baseline"] = base
+        cordon["steady_p99_vs_baseline_p99"] = round(lat["cordon"]["p99"] / base["p99"], 2) if base["p99"] else None
     if steady:
         cordon["steady_create_to_cordon_p50_s"] = lat["cordon"]["p50"]
         cordon["steady_create_to_cordon_p99_s"] = lat["cordon"]["p99"]
@@ -1000,12 +1030,21 @@ def render(r: dict[str, Any]) -> str:
     cd = r["cordon"]
     lines += ["", f"  cordon: {cd['nodes']} nodes, throughput {cd['throughput_nodes_per_s']} nodes/s; last node cordoned "
                   f"{cd['last_node_cordoned_s']} s after the first create; max per node {cd['max_per_node_s']} s"]
+    if "first_cap" in cd:
+        fc = cd["first_cap"]
+        lines.append(f"  first {fc['nodes']} cordons (the default breaker's cap): last {fc['last_s']} s after the "
+                     f"first create, {fc['throughput_nodes_per_s']} nodes/s")
     if "baseline_nodes_per_s" in cd:
         b = r["baseline"]
         lines.append(f"  baseline (bench cordons {b['nodes']} nodes, 32 threads, unthrottled): "
                      f"{b['throughput_nodes_per_s']} nodes/s, last {b['last_cordon_s']} s, per node p50 "
                      f"{b['latency']['p50']} p99 {b['latency']['p99']} s → controllers at "
                      f"{cd['ratio_to_baseline']:.3f}× the baseline")
+    if "steady_baseline" in cd:
+        b = cd["steady_baseline"]
+        lines.append(f"  steady baseline (the bench's own cordon patch half-way between events, to its node watch): "
+                     f"n {b['n']}, p50 {b['p50']} s, p99 {b['p99']} s, max {b['max']} s; controllers' p99 = "
+                     f"{cd['steady_p99_vs_baseline_p99']}× the baseline's")
     if "steady_create_to_cordon_p99_s" in cd:
         lines.append(f"  steady create→cordon p50 {cd['steady_create_to_cordon_p50_s']} s, p99 "
                      f"{cd['steady_create_to_cordon_p99_s']} s; target p99 ≤ 20 ms: "

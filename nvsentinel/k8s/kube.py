@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -157,12 +157,13 @@ def _list_query(label_selector: str | None, field_selector: str | None, limit: i
     return {"labelSelector": label_selector, "fieldSelector": field_selector, "limit": limit, "continue": cont}
 
 
-def _take_page(out: Mapping[str, Any], res: Resource, items: list[dict[str, Any]]) -> tuple[str | None, str]:
+def _take_page(out: Mapping[str, Any], res: Resource, items: list[dict[str, Any]],
+               transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> tuple[str | None, str]:
     """Append one list page's items (typed: a list response omits each item's kind); (continue, RV)."""
     for it in out.get("items") or ():
         it.setdefault("apiVersion", res.api_version)
         it.setdefault("kind", res.kind)
-        items.append(it)
+        items.append(transform(it) if transform is not None else it)
     meta = out.get("metadata") or {}
     return meta.get("continue") or None, str(meta.get("resourceVersion", ""))
 
@@ -417,13 +418,17 @@ class AsyncKube:
         return await self.request("GET", res.path(name, namespace))
 
     async def list(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None,
-                   field_selector: str | None = None, limit: int = 500) -> tuple[list[dict[str, Any]], str]:
+                   field_selector: str | None = None, limit: int = 500,
+                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                   ) -> tuple[list[dict[str, Any]], str]:
+        """All items and the list's resourceVersion; `transform` is applied page by page (an informer's
+        cache shape), so a list of 20 000 pods never holds them all whole at once."""
         items: list[dict[str, Any]] = []
         cont: str | None = None
         while True:
             out = await self.request("GET", res.path(None, namespace),
                                      query=_list_query(label_selector, field_selector, limit, cont))
-            cont, rv = _take_page(out, res, items)
+            cont, rv = _take_page(out, res, items, transform)
             if not cont:
                 return items, rv
 

@@ -174,6 +174,28 @@ async def test_drain_evicts_respects_the_pdb_and_finishes_when_freed(env: Env) -
         assert [e for e in items if e["type"] == "Normal"] == []
 
 
+def lane_reads(registry: CollectorRegistry, lane: str) -> float:
+    """Successful GETs (lists included) the lane sent to the API server."""
+    return registry.get_sample_value("nvsentinel_kube_requests_total",
+                                     {"lane": lane, "verb": "GET", "code": "2xx"}) or 0.0
+
+
+async def test_the_drain_reads_pods_from_the_cache_and_asks_the_server_only_on_a_quiet_watch(env: Env) -> None:
+    """No pod list per drain: a node with pods drains from the pods cache (its own evictions prove the
+    cache current); only a drain that saw no pod, on a pods watch that did not move, lists once."""
+    async with running(env) as registry:
+        env.event("ev-empty")
+        await eventually(lambda: phase(env.kube.get(HEALTHEVENTS, "ev-empty")) == "Drained", what="empty node Drained")
+        assert lane_reads(registry, "drain") == 1, "a node without pods is confirmed by one list"
+        env.pod("web-1")
+        env.pod("web-2")
+        env.event("ev-pods")
+        await eventually(lambda: phase(env.kube.get(HEALTHEVENTS, "ev-pods")) == "Drained", what="Drained from the cache")
+        assert env.pod_names() == set()
+        assert action(registry, "evict") == 2
+        assert lane_reads(registry, "drain") == 1, "the pods came from the cache: no list"
+
+
 async def test_skip_override_marks_drained_without_evicting(env: Env) -> None:
     """Verify spec.overrides.drain.skip → Drained with DrainSkipped, and the pods stay."""
     env.pod("web-1")

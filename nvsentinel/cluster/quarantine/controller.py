@@ -57,9 +57,12 @@ class QuarantineController:
         self._annotations: dict[str, str] = {}        # node → ownership annotation text the ledger was read from
         self._gpu_nodes: set[str] = set()
         self._held: set[str] = set()                  # events waiting for the breaker
+        self._cordoning = 0                           # allowed new cordons not yet recorded
+        self._cordons_done: anyio.Event | None = None
         self._state: BreakerState | None = None       # last known breaker state (None: read the ConfigMap)
         self._state_rv: str | None = None
         self._state_read_at = 0.0                     # time.monotonic() of the last ConfigMap read
+        self._read_server = False                     # the next load reads the server, not the informer
         self._events: Informer
         self._nodes: Informer
         self._configmaps: Informer
@@ -152,44 +155,74 @@ class QuarantineController:
         if rule is logic.Triage.IGNORE:
             self._held.discard(key)
             return None
-        if rule is logic.Triage.CANCEL:
-            outcome = logic.cancel_outcome(event, dry_run=ctx.dry_run)
-        elif rule is logic.Triage.RESOLVE:
-            outcome = logic.resolve_outcome(event, dry_run=ctx.dry_run)
-        else:
-            outcome = await self._quarantine(event, obj, ctx, now)
-        if outcome.reason.endswith("CircuitBreakerOpen"):
-            self._held.add(key)
-        else:
-            self._held.discard(key)
-        await self._record(event, obj, outcome, ctx, now)
+        cordoning = False
+        try:
+            if rule is logic.Triage.CANCEL:
+                outcome = logic.cancel_outcome(event, dry_run=ctx.dry_run)
+            elif rule is logic.Triage.RESOLVE:
+                outcome = logic.resolve_outcome(event, dry_run=ctx.dry_run)
+            else:
+                outcome, cordoning = await self._quarantine(event, obj, ctx, now)
+            if outcome.reason.endswith("CircuitBreakerOpen"):
+                self._held.add(key)
+                await self._after_cordons()
+            else:
+                self._held.discard(key)
+            await self._record(event, obj, outcome, ctx, now)
+        finally:
+            if cordoning:
+                self._cordon_recorded()
         return Result(requeue_after=outcome.requeue_after) if outcome.requeue_after is not None else None
 
+    def _cordon_recorded(self) -> None:
+        self._cordoning -= 1
+        if not self._cordoning and self._cordons_done is not None:
+            self._cordons_done.set()
+            self._cordons_done = None
+
+    async def _after_cordons(self) -> None:
+        """Cordon first: a hold's status write waits (bounded) for the cordons the breaker allowed before
+        it. In a burst, 950 hold writes otherwise compete with the last of the 50 cordons at the server."""
+        with anyio.move_on_after(self.config.hold_requeue):
+            while self._cordoning:
+                self._cordons_done = self._cordons_done or anyio.Event()
+                await self._cordons_done.wait()
+
     async def _quarantine(self, event: HealthEvent, obj: dict[str, Any], ctx: ControllerContext,
-                          now: _dt.datetime) -> logic.Outcome:
+                          now: _dt.datetime) -> tuple[logic.Outcome, bool]:
+        """The outcome, and whether this is a new cordon the breaker allowed (counted in `_cordoning`
+        from the decision on; the caller uncounts it once recorded)."""
         cfg = self.config
         node_name = event.spec.node_name
         node = self._nodes.get(node_name)
         if node is None:
-            return logic.node_missing_outcome(event, cfg, dry_run=ctx.dry_run)
+            return logic.node_missing_outcome(event, cfg, dry_run=ctx.dry_run), False
         plan = logic.plan_node(node, event.name, now=now, cfg=cfg)
         note = ""
+        cordoning = False
         if plan.new_cordon:
             force = event.spec.overrides.quarantine.force
             verdict = await self._breaker(node_name, obj, ctx, now, force)
             if not verdict.allowed:
-                return logic.hold_outcome(event, verdict.message, cfg, dry_run=ctx.dry_run)
+                return logic.hold_outcome(event, verdict.message, cfg, dry_run=ctx.dry_run), False
+            self._cordoning += 1
+            cordoning = True
             note = verdict.message if verdict.forced else ""
             # the same `since` as the breaker recorded, on this try and on any retry of it
             plan = logic.plan_node(node, event.name, now=self._recent.get(node_name, now), cfg=cfg)
-        if plan.patch is not None:
-            written = await ctx.kube.patch(NODES, node_name, plan.patch, dry_run=ctx.dry_run)
-            if not ctx.dry_run:
-                ctx.observe_write(NODES, written, str(node["metadata"].get("resourceVersion", "")))
-            logger.info("node quarantined" if not ctx.dry_run else "dry-run: node would be quarantined",
-                        extra={"kv": {"node": node_name, "healthevent": event.name, "reason": plan.reason,
-                                      "events": ",".join(plan.ownership.events)}})
-        return logic.quarantined_outcome(event, plan, cfg, dry_run=ctx.dry_run, breaker_note=note)
+        try:
+            if plan.patch is not None:
+                written = await ctx.kube.patch(NODES, node_name, plan.patch, dry_run=ctx.dry_run)
+                if not ctx.dry_run:
+                    ctx.observe_write(NODES, written, str(node["metadata"].get("resourceVersion", "")))
+                logger.info("node quarantined" if not ctx.dry_run else "dry-run: node would be quarantined",
+                            extra={"kv": {"node": node_name, "healthevent": event.name, "reason": plan.reason,
+                                          "events": ",".join(plan.ownership.events)}})
+        except BaseException:
+            if cordoning:  # the caller never sees it: uncount here
+                self._cordon_recorded()
+            raise
+        return logic.quarantined_outcome(event, plan, cfg, dry_run=ctx.dry_run, breaker_note=note), cordoning
 
     # ---- breaker ----------------------------------------------------------------------------------
     async def _breaker(self, node_name: str, event_obj: dict[str, Any], ctx: ControllerContext,
@@ -228,10 +261,21 @@ class QuarantineController:
             return verdict
 
     async def _load_state(self, ctx: ControllerContext) -> BreakerState:
-        """The breaker state: cached, re-read when the ConfigMap changed or while tripped (to see a reset)."""
+        """The breaker state: kept, and taken again from the ConfigMap informer when the ConfigMap changed.
+
+        The server is read only while tripped (every --hold-requeue, to see an operator's reset even on a
+        stalled watch) and after a write of ours lost a race: a burst's first decision does not wait,
+        holding the breaker lock, for a read the synced informer already answers.
+        """
+        if self._state is None and not self._read_server:
+            cm = self._configmaps.get(self.config.breaker_configmap, ctx.namespace)
+            self._state = BreakerState.from_data(cm.get("data")) if cm is not None else BreakerState()
+            self._state_rv = str(cm["metadata"]["resourceVersion"]) if cm is not None else None
+            self._state_read_at = time.monotonic()
         stale = self._state is None or (
             self._state.tripped and time.monotonic() - self._state_read_at >= self.config.hold_requeue)
         if stale and not (ctx.dry_run and self._state is not None):
+            self._read_server = False
             try:
                 cm = await ctx.kube.get(CONFIGMAPS, self.config.breaker_configmap, ctx.namespace)
                 self._state = BreakerState.from_data(cm.get("data"))
@@ -262,7 +306,8 @@ class QuarantineController:
                 out = await ctx.kube.patch(CONFIGMAPS, name, {
                     "metadata": {"resourceVersion": self._state_rv}, "data": data}, ns)
         except (AlreadyExists, KubeConflict, KubeNotFound):
-            self._state = None  # someone else wrote it (an operator reset?): decide again on fresh state
+            self._state = None  # someone else wrote it (an operator reset?): decide again on the server's state
+            self._read_server = True
             raise
         self._state = state
         self._state_rv = str(out["metadata"]["resourceVersion"])
@@ -273,8 +318,10 @@ class QuarantineController:
                       ctx: ControllerContext, now: _dt.datetime) -> None:
         # the breaker's own Event says CircuitBreakerOpen once per trip; NodeNotFound is in the status
         quiet = outcome.reason.endswith(("CircuitBreakerOpen", "NodeNotFound"))
+        # a held event's message moves with the breaker's count: re-written only with a new decision (at
+        # 1 000 held events a refresh per hold re-check would be 200 writes/s; `breaker status` is live)
         written = await write_outcome(ctx, event, logic.apply_outcome(event, outcome, now), outcome, obj=obj,
-                                      quiet=quiet)
+                                      quiet=quiet, refresh=not outcome.reason.endswith("CircuitBreakerOpen"))
         if written.decided and not quiet and outcome.condition_type == ConditionType.NODE_QUARANTINED and \
                 outcome.phase in (Phase.QUARANTINED, Phase.NEW) and not outcome.reason.endswith("SkippedByOverride"):
             node = self._nodes.get(event.spec.node_name)

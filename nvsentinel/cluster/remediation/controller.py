@@ -191,9 +191,11 @@ class RemediationController:
     # ---- status -----------------------------------------------------------------------------------
     async def _record(self, event: HealthEvent, obj: dict[str, Any], outcome: logic.RemediationOutcome,
                       ctx: ControllerContext, now: _dt.datetime) -> None:
-        # a Job creation is announced once the Job exists
+        # a Job creation is announced once the Job exists; a message-only refresh ("created" → "running",
+        # a backoff's countdown) is not worth a write of its own: the next decision carries it
         written = await write_outcome(ctx, event, logic.apply_outcome(event, outcome, now), outcome, obj=obj,
-                                      action="dry-run" if ctx.dry_run else None, quiet=outcome.create_job is not None)
+                                      action="dry-run" if ctx.dry_run else None, quiet=outcome.create_job is not None,
+                                      refresh=False)
         if written.decided and outcome.warning and outcome.phase is Phase.DRAINED:
             node = self._nodes.get(event.spec.node_name)
             if node is not None:  # a human is needed: say so where operators look first

@@ -17,8 +17,8 @@ Indexes (`add_index`, `by_index`): a stage asks "this node's events" or "this ev
 that does not grow with the fleet. Writes (`observe_write`): a stage that patched an object puts the
 server's answer in the cache at once (only when the cache still holds the version it patched), so it
 and the other stages act on what was just written, not on a cache one watch event behind it (the 409
-storms of a stage that re-reads its own stale copy). The watch's later copy of that same version is
-taken quietly.
+storms of a stage that re-reads its own stale copy). Until the watch brings that same version (taken
+quietly), the older versions it still delivers for the object are skipped: the cache never goes back.
 """
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ class Informer:
         self._transform = transform or strip_managed_fields
         self._cache: dict[str, dict[str, Any]] = {}
         self._handlers: list[Handler] = []
+        self._ahead: dict[str, str] = {}  # key → the version observe_write put, not yet seen on the watch
         self._index_funcs: dict[str, IndexFunc] = {}
         self._indexes: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # index → value → key → obj
         self._synced = anyio.Event()
@@ -134,6 +135,7 @@ class Informer:
         obj.setdefault("kind", self.resource.kind)
         obj = self._transform(obj)
         self._store(key, obj, prev)
+        self._ahead[key] = str(meta["resourceVersion"])
         self._emit("ADDED" if prev is None else "MODIFIED", obj, prev)
         return True
 
@@ -216,9 +218,10 @@ class Informer:
 
     async def _relist(self) -> None:
         items, rv = await self.kube.list(self.resource, self.namespace, label_selector=self.label_selector,
-                                         field_selector=self.field_selector)
-        fresh = {object_key(o): self._transform(o) for o in items}
+                                         field_selector=self.field_selector, transform=self._transform)
+        fresh = {object_key(o): o for o in items}
         old = self._cache
+        self._ahead.clear()  # the list is newer than anything observed before it
         self._cache = fresh
         for name, fn in self._index_funcs.items():
             index: dict[str, dict[str, dict[str, Any]]] = {}
@@ -275,10 +278,15 @@ class Informer:
         obj = self._transform(obj)
         key = object_key(obj)
         prev = self._cache.get(key)
+        ahead = self._ahead.get(key)
         if etype == "DELETED":
+            self._ahead.pop(key, None)
             self._store(key, None, prev)
             self._emit("DELETED", obj, prev)
+        elif ahead is not None and ahead != rv:
+            return  # a version older than the one our own write put in the cache: the watch is catching up
         elif prev is not None and rv and prev["metadata"].get("resourceVersion") == rv:
+            self._ahead.pop(key, None)
             self._store(key, obj, prev)  # our own write, taken already by observe_write: nothing new
         else:
             self._store(key, obj, prev)

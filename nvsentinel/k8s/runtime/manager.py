@@ -13,6 +13,7 @@ Event never waits in front of anything.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,18 @@ from nvsentinel.k8s.runtime.workqueue import ShutDown, WorkQueue
 logger = logging.getLogger(__name__)
 
 __all__ = ["Manager"]
+
+
+def _freeze_caches() -> None:
+    """Move every object alive now (the synced caches, mostly) out of the cyclic collector's sight.
+
+    A full collection walks every tracked object: at 5 000 nodes and 20 000 pods that is hundreds of
+    thousands of dicts and lists, a pause of tens of ms in the middle of a cordon. Cached objects are
+    JSON trees without cycles, freed by reference counting when replaced, so the collector never had
+    work to do on them (CPython's gc.freeze, as large Python services use it after start-up).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Manager:
@@ -111,6 +124,7 @@ class Manager:
             for inf in self.informers.values():
                 tg.start_soon(inf.run)
             tg.start_soon(self.recorder.run)
+            tg.start_soon(self._refreeze)
             tg.start_soon(self._main, tg.cancel_scope)
             await self._stop.wait()
             logger.info("controllers stopping")
@@ -125,6 +139,7 @@ class Manager:
     async def _main(self, scope: anyio.CancelScope) -> None:
         for inf in self.informers.values():
             await inf.wait_synced()
+        _freeze_caches()
         self._ready.set()
         logger.info("informers synced", extra={"kv": {
             "resources": ",".join(f"{i.resource.plural}={len(i)}" for i in self.informers.values())}})
@@ -136,6 +151,12 @@ class Manager:
                 await self._lead()
         finally:
             self._drained.set()
+
+    async def _refreeze(self) -> None:
+        """Keep what the caches took since out of the collector's way too (see `_freeze_caches`)."""
+        while True:
+            await anyio.sleep(self.resync_period)
+            _freeze_caches()
 
     def _on_leader_change(self, leading: bool) -> None:
         self._leading = leading
