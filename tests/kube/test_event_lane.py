@@ -42,13 +42,20 @@ class SlowServer:
         return self.stored[name]
 
 
+async def until(pred) -> None:
+    """Yield to the event loop until `pred()` holds (bounded generously: a busy machine is slow)."""
+    with anyio.fail_after(30):
+        while not pred():
+            await anyio.sleep(0.001)
+
+
 async def test_queued_events_never_block_and_repeats_aggregate() -> None:
     server = SlowServer()
     rec = EventRecorder(server, "test", host="h", senders=1)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         tg.start_soon(rec.run)
-        await anyio.sleep(0.01)  # the runner is up
-        with anyio.fail_after(1):  # the server is stuck: recording must not wait for it
+        await until(lambda: rec.running)
+        with anyio.fail_after(10):  # the server is stuck: recording must not wait for it
             for _ in range(5):
                 await rec.event(NODE, "Normal", "Cordoned", "cordoned node gpu-1")
             await rec.event(NODE, "Normal", "Drained", "drained")
@@ -71,9 +78,9 @@ async def test_a_full_queue_drops_normal_events_first() -> None:
     rec = EventRecorder(server, "test", host="h", queue_size=3, senders=1)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         tg.start_soon(rec.run)
-        await anyio.sleep(0.01)
+        await until(lambda: rec.running)
         await rec.event(NODE, "Normal", "A", "a")      # taken by the sender, stuck on the server
-        await anyio.sleep(0.01)
+        await until(lambda: rec.sending == 1)
         for reason in ("B", "C", "D"):
             await rec.event(NODE, "Normal", reason, reason.lower())
         await rec.event(NODE, "Normal", "E", "e")      # full: this Normal one is dropped

@@ -68,6 +68,16 @@ class EventRecorder:
         """Events queued, not yet sent."""
         return len(self._queue)
 
+    @property
+    def running(self) -> bool:
+        """Senders are up: `event()` queues (else it sends at once)."""
+        return self._running
+
+    @property
+    def sending(self) -> int:
+        """Events being written now."""
+        return self._in_flight
+
     async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """Record an Event about `obj`; queued (or sent at once without a runner); never raises for the server."""
         key, body = self._build(obj, type_, reason, message)
