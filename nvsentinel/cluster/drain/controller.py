@@ -30,11 +30,11 @@ from typing import Any
 
 import anyio
 
+from nvsentinel.cluster import caches
 from nvsentinel.cluster.drain import logic
 from nvsentinel.cluster.drain.config import DrainConfig
-from nvsentinel.cluster.indexes import slim_node
 from nvsentinel.k8s import KubeNotFound, TooManyRequests
-from nvsentinel.k8s.resources import HEALTHEVENTS, NODES, PODS
+from nvsentinel.k8s.resources import PODS
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer, resource_version_int
 from nvsentinel.k8s.runtime.status import write_outcome
@@ -83,13 +83,11 @@ class DrainController:
     # ---- wiring -----------------------------------------------------------------------------------
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
-        for action in ACTIONS:
-            ctx.metrics.actions.labels(action=action)
+        ctx.metrics.declare_actions(ACTIONS)
         self._g_pending = ctx.metrics.gauge("pods_pending", "Pods still to leave nodes being drained")
-        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
-        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
+        self._events = caches.healthevents(ctx, cfg.event_selector, by_node=False)
         if cfg.node_selector:
-            self._nodes = ctx.informer(NODES, transform=slim_node, label_selector=cfg.node_selector)
+            self._nodes = caches.nodes(ctx, cfg.node_selector)
         pods = self._pods = ctx.informer(PODS, transform=logic.slim_pod)
 
         def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:

@@ -21,11 +21,12 @@ from typing import Any
 
 import anyio
 
-from nvsentinel.cluster.indexes import BY_NODE, event_node, slim_node
+from nvsentinel.cluster import caches
+from nvsentinel.cluster.indexes import BY_NODE
 from nvsentinel.cluster.quarantine import logic
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.k8s import AlreadyExists, KubeConflict, KubeNotFound
-from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS, NODES
+from nvsentinel.k8s.resources import CONFIGMAPS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.status import write_outcome
@@ -70,17 +71,13 @@ class QuarantineController:
     # ---- wiring -----------------------------------------------------------------------------------
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
-        for action in ACTIONS:
-            ctx.metrics.actions.labels(action=action)
+        ctx.metrics.declare_actions(ACTIONS)
         self._g_tripped = ctx.metrics.gauge("breaker_tripped", "1 while the quarantine circuit breaker is open")
         self._g_counted = ctx.metrics.gauge("breaker_cordoned_nodes",
                                             "Nodes nvsentinel cordoned within the breaker window")
         self._g_limit = ctx.metrics.gauge("breaker_limit", "Nodes nvsentinel may cordon within the breaker window")
-        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
-        node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
-        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._events.add_index(BY_NODE, event_node)
-        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
+        self._events = caches.healthevents(ctx, cfg.event_selector)
+        self._nodes = caches.nodes(ctx, cfg.node_selector)
         self._configmaps = ctx.informer(CONFIGMAPS, namespace=ctx.namespace,
                                         field_selector=f"metadata.name={cfg.breaker_configmap}")
 

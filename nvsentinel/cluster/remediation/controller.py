@@ -12,11 +12,12 @@ import datetime as _dt
 import logging
 from typing import Any
 
-from nvsentinel.cluster.indexes import BY_EVENT, BY_NODE, event_node, job_event, slim_node
+from nvsentinel.cluster import caches
+from nvsentinel.cluster.indexes import BY_EVENT, BY_NODE, job_event
 from nvsentinel.cluster.remediation import logic
 from nvsentinel.cluster.remediation.config import RemediationConfig
 from nvsentinel.k8s import AlreadyExists, Forbidden, Invalid, KubeNotFound
-from nvsentinel.k8s.resources import HEALTHEVENTS, JOBS, NODES
+from nvsentinel.k8s.resources import JOBS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.status import write_outcome
@@ -47,15 +48,11 @@ class RemediationController:
     # ---- wiring -----------------------------------------------------------------------------------
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
-        for action in ACTIONS:
-            ctx.metrics.actions.labels(action=action)
+        ctx.metrics.declare_actions(ACTIONS)
         self._g_running = ctx.metrics.gauge("in_progress", "HealthEvents in phase Remediating")
         self._g_running.set(0)
-        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
-        node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
-        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._events.add_index(BY_NODE, event_node)
-        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
+        self._events = caches.healthevents(ctx, cfg.event_selector)
+        self._nodes = caches.nodes(ctx, cfg.node_selector)
         self._jobs = ctx.informer(JOBS, namespace=cfg.namespace,
                                   label_selector=",".join(f"{k}={v}" for k, v in logic.JOB_LABELS.items()))
         self._jobs.add_index(BY_EVENT, job_event)

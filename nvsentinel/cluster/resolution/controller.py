@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from nvsentinel.cluster.indexes import BY_NODE, event_node, slim_node
+from nvsentinel.cluster import caches
+from nvsentinel.cluster.indexes import BY_NODE
 from nvsentinel.cluster.ownership import ownership_of
 from nvsentinel.cluster.resolution import logic
 from nvsentinel.cluster.resolution.config import ResolutionConfig
@@ -47,13 +48,9 @@ class ResolutionController:
     # ---- wiring -----------------------------------------------------------------------------------
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
-        for action in ACTIONS:
-            ctx.metrics.actions.labels(action=action)
-        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
-        node_sel = {"label_selector": cfg.node_selector} if cfg.node_selector else {}
-        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
-        self._events.add_index(BY_NODE, event_node)
-        self._nodes = ctx.informer(NODES, transform=slim_node, **node_sel)
+        ctx.metrics.declare_actions(ACTIONS)
+        self._events = caches.healthevents(ctx, cfg.event_selector)
+        self._nodes = caches.nodes(ctx, cfg.node_selector)
 
         def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             node = (obj.get("spec") or {}).get("nodeName")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nvsentinel.cluster import caches
 from nvsentinel.cluster.ttl.config import TTLConfig
 from nvsentinel.k8s import KubeConflict, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS
@@ -41,11 +42,9 @@ class TTLController:
 
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
-        for action in ACTIONS:
-            ctx.metrics.actions.labels(action=action)
+        ctx.metrics.declare_actions(ACTIONS)
         self._g_events = ctx.metrics.gauge("events_total", "HealthEvents in the TTL controller's cache")
-        ev_sel = {"label_selector": cfg.event_selector} if cfg.event_selector else {}
-        self._events = ctx.informer(HEALTHEVENTS, **ev_sel)
+        self._events = caches.healthevents(ctx, cfg.event_selector, by_node=False)
         self._configmaps = ctx.informer(CONFIGMAPS, namespace=ctx.namespace,
                                         field_selector=f"metadata.name={cfg.policy_configmap}")
 

@@ -36,6 +36,11 @@ class ControllerMetrics:
         self.queue_depth = Gauge(f"{self.prefix}_queue_depth", "Keys waiting in the work queue", registry=registry)
         self._gauges: dict[str, Gauge] = {}
 
+    def declare_actions(self, actions: Sequence[str]) -> None:
+        """Every value of actions_total{action}, at 0, so dashboards see each before it first happens."""
+        for action in actions:
+            self.actions.labels(action=action)
+
     def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
         if name not in self._gauges:
             self._gauges[name] = Gauge(f"{self.prefix}_{name}", doc, list(labels), registry=self.registry)
