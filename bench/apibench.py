@@ -43,6 +43,8 @@ EMPTY = "/nvsentinel.bench.Bench/Empty"
 BASE_FLAGS = (
     "--grpc-address", "127.0.0.1:0", "--unix-socket", "", "--health-port", "0", "--metrics-port", "0",
     "--watch-rate", "100000", "--watch-burst", "100000", "--log-level", "WARNING",
+    # the benches open up to 256 watches from one process: one peer, past the default of 32 per peer
+    "--max-watchers-per-peer", "256",
 )
 
 

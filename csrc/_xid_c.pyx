@@ -4,7 +4,10 @@
 C-level choices: the buffer is never split into Python lines. `xid_next_anchor` (xid_scan.h)
 finds the next anchor with SIMD compares; only the line around it is parsed, by hand-written
 matchers that follow the twin's regular expressions exactly (each comment names the regex it
-mirrors, with its backtracking cases). Python objects are made only for lines that become events.
+mirrors, with its backtracking cases). The line's header is read once (`_header`: where the
+message starts, who wrote it, the time stamp), and every rule is tried at the message start only:
+an anchor later in the message is text the kernel echoed, never an event (the twin's module doc,
+"Anchoring", says why). Python objects are made only for lines that become events.
 An event (XidEvent, a NamedTuple shared with the twin) is allocated and filled in place and then
 untracked from the cyclic GC (namedtuple.h says why both are safe and why they matter). Time
 stamps are parsed into a C struct and turned into objects once, for the event.
@@ -31,6 +34,7 @@ ctypedef unsigned char uchar
 cdef struct Pci:
     unsigned long long domain       # parsed from 4..8 hex digits; 0 when the line had none
     uchar bus0, bus1, dev0, dev1    # the two hex digits of bus and device, as printed
+    bint known                      # False: the id was redacted (the event's pci is "")
 
 
 cdef struct Stamp:
@@ -39,6 +43,13 @@ cdef struct Stamp:
     Py_ssize_t a, b                 # the time text is s[a:b] ...
     bint kmsg                       # ... except for a kmsg header, printed from usec
     unsigned long long usec
+
+
+cdef struct Head:
+    Py_ssize_t msg                  # the kernel message starts at s[msg]; every rule matches there
+    bint user                       # a header part names user space: the driver rules (1-5) do not apply
+    bint kernel                     # a header part names the kernel: the reset rule (6) does not apply
+    Stamp st                        # the line's time stamp (st.clock == NONE: none)
 
 
 cdef Py_ssize_t MAX_LINE = _t.MAX_LINE_BYTES
@@ -54,6 +65,7 @@ cdef str C_YEARLESS = _t.CLOCK_YEARLESS
 cdef str W_TRUNCATED = _t.WARN_TRUNCATED
 cdef str W_154_NO_TARGET = _t.WARN_154_NO_TARGET
 cdef str W_154_NO_NAME = _t.WARN_154_NO_NAME
+cdef str W_PCI_UNKNOWN = _t.WARN_PCI_UNKNOWN
 cdef str CODE_FALLEN = "GPU_FALLEN_OFF_BUS"
 cdef str CODE_RESET = "GPU_RESET"
 cdef tuple NO_TIME = (None, "", "")
@@ -63,7 +75,7 @@ cdef enum:                          # Stamp.clock, an index into CLOCKS
     MONOTONIC = 1
     REALTIME = 2
     YEARLESS = 3
-cdef tuple WARN_TRUNCATED_ONLY = (W_TRUNCATED,)
+cdef tuple WARN_PCI_ONLY = (W_PCI_UNKNOWN,)
 cdef tuple EMPTY = ()
 cdef Py_ssize_t MEMO_LIMIT = 4096
 # days before each month in a leap year (BSD syslog stamps have no year; the twin uses 2000)
@@ -73,6 +85,11 @@ cdef double[10] POW10 = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9]
 cdef const char *MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
 cdef const char *WEEKDAYS = b"MonTueWedThuFriSatSun"
 cdef const char *HEX = b"0123456789abcdef"
+# dmesg -x names, tried in this order (twin: _DECODED; local0-7 are matched apart)
+cdef const char *FACILITIES = b"kern user mail daemon authpriv auth syslog lpr news uucp cron ftp"
+cdef const char *REDACTED = b"redacted"
+cdef const char *LEVELS = b"emerg alert crit err warn notice info debug"
+cdef unsigned long long USER_FACILITY = 8   # syslog prefix = facility * 8 + level; the kernel's facility is 0
 cdef Py_ssize_t N_EVENT = 27         # XidEvent fields
 
 
@@ -211,6 +228,7 @@ cdef str _lower_text(const uchar *s, Py_ssize_t a, Py_ssize_t b):
 # is never given back usefully, since every rule then needs a byte that '.' is not.
 cdef Py_ssize_t _parse_pci(const uchar *s, Py_ssize_t i, Py_ssize_t n, Pci *out) noexcept nogil:
     cdef Py_ssize_t j = i, d
+    out.known = True
     if _at(s, j, n, b"PCI:", 4):
         j += 4
     d = _run_hex(s, j, n, 9)
@@ -237,6 +255,74 @@ cdef Py_ssize_t _parse_pci(const uchar *s, Py_ssize_t i, Py_ssize_t n, Pci *out)
     return j
 
 
+cdef inline bint _mask_char(uchar c) noexcept nogil:
+    return _hexd(c) or c == c':' or c == c'.' or _mask_mark(c)
+
+
+cdef inline bint _mask_mark(uchar c) noexcept nogil:
+    return c == c'x' or c == c'X' or c == c'*' or c == c'#' or c == c'?'
+
+
+cdef Py_ssize_t _placeholder(const uchar *s, Py_ssize_t j, Py_ssize_t n, uchar close) noexcept nogil:
+    # <[^<>()]{1,32}> or \[[^\[\]()]{1,32}\] at s[j] (s[j] is the opening byte) → its end, or -1
+    cdef Py_ssize_t k = j + 1
+    cdef uchar c
+    while k < n and k - j - 1 < 33:
+        c = s[k]
+        if c == s[j] or c == close or c == c'(' or c == c')':
+            break
+        k += 1
+    if k - j - 1 < 1 or k - j - 1 > 32 or not _byte_at(s, k, n, close):
+        return -1
+    return k + 1
+
+
+cdef Py_ssize_t _parse_pci_paren(const uchar *s, Py_ssize_t i, Py_ssize_t n, Pci *out, int alt) noexcept nogil:
+    # Inside the parentheses of rules 1 and 2 (twin: _PCI_PAREN), alternative `alt` at s[i:], after
+    # an optional "PCI:": 0 the full form (_parse_pci), 1 the short form ([0-9a-fA-F]{4,8}):([0-9a-fA-F]{2})
+    # (device 00), 2 a redacted id (out.known = False): a mask of 1..32 of [0-9a-fA-FxX*#?:.] holding
+    # one of [xX*#?], <…>, […], or "redacted" in any case. The caller tries them in this order,
+    # each with the rule's tail, as the regex backtracks: a form only ends where the tail can start
+    # (a byte outside its class), so each yields at most one candidate; the redacted forms differ
+    # in their first byte.
+    cdef Py_ssize_t j = i, d, r, k
+    cdef bint marked
+    out.known = alt != 2
+    if alt == 0:
+        return _parse_pci(s, i, n, out)
+    if _at(s, j, n, b"PCI:", 4):
+        j += 4
+    if alt == 1:
+        d = _run_hex(s, j, n, 9)
+        if 4 <= d <= 8 and j + d + 3 <= n and s[j + d] == c':' and _hexd(s[j + d + 1]) and _hexd(s[j + d + 2]):
+            out.domain = _hexnum(s, j, d)
+            out.bus0 = s[j + d + 1]
+            out.bus1 = s[j + d + 2]
+            out.dev0 = c'0'
+            out.dev1 = c'0'
+            return j + d + 3
+        return -1
+    if j >= n:
+        return -1
+    if s[j] == c'<':
+        return _placeholder(s, j, n, c'>')
+    if s[j] == c'[':
+        return _placeholder(s, j, n, c']')
+    if j + 8 <= n and (s[j] | 0x20) == c'r':
+        for k in range(8):
+            if _lower(s[j + k]) != <uchar>REDACTED[k]:
+                return -1
+        return j + 8
+    r = 0
+    marked = False
+    while j + r < n and r < 33 and _mask_char(s[j + r]):
+        marked = marked or _mask_mark(s[j + r])
+        r += 1
+    if 1 <= r <= 32 and marked:
+        return j + r
+    return -1
+
+
 cdef str _pci_text(Pci *p):
     # "%04x:%c%c:%c%c" with the digits lower-cased (twin: f"{domain:04x}:{bus}:{dev}")
     cdef char buf[24]
@@ -257,7 +343,7 @@ cdef str _pci_text(Pci *p):
     return PyUnicode_DecodeASCII(buf, k + 6, NULL)
 
 
-# ---- time stamps (twin: _timestamp) ----
+# ---- the line header and its time stamps (twin: _header) ----
 cdef inline bint _is_leap(long long y) noexcept nogil:
     return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
 
@@ -290,14 +376,54 @@ cdef inline int _val2(const uchar *s, Py_ssize_t i) noexcept nogil:
     return (s[i] - c'0') * 10 + (s[i + 1] - c'0')
 
 
-cdef inline Py_ssize_t _prio(const uchar *s, Py_ssize_t n) noexcept nogil:
-    # (?:<\d{1,3}>)? at the line start
+cdef inline Py_ssize_t _prio(const uchar *s, Py_ssize_t n, bint *user) noexcept nogil:
+    # <(\d{1,3})> at the line start → its length (0: none); user: P >= 8 (facility not the kernel's)
     cdef Py_ssize_t r
     if n > 0 and s[0] == c'<':
         r = _run_digits(s, 1, n, 4)
         if 1 <= r <= 3 and _byte_at(s, 1 + r, n, c'>'):
+            user[0] = _dec(s, 1, r) >= USER_FACILITY
             return 2 + r
     return 0
+
+
+cdef inline Py_ssize_t _name(const uchar *s, Py_ssize_t i, Py_ssize_t n, const char *names) noexcept nogil:
+    # length of the first of the space-separated `names` found at s[i:] (0: none)
+    cdef Py_ssize_t a = 0, b
+    while names[a] != 0:
+        b = a
+        while names[b] != 0 and names[b] != c' ':
+            b += 1
+        if _at(s, i, n, names + a, b - a):
+            return b - a
+        a = b + 1 if names[b] == c' ' else b
+    return 0
+
+
+cdef Py_ssize_t _decoded(const uchar *s, Py_ssize_t n, bint *user) noexcept nogil:
+    # dmesg -x: (kern|user|…|authpriv|auth|…|local[0-7]) {0,8}:(emerg|…|debug) {0,8}: → length (0: none)
+    # (a facility that is a prefix of another one is tried after it, like the twin's alternation)
+    cdef Py_ssize_t k, r
+    cdef bint kern
+    k = _name(s, 0, n, FACILITIES)
+    if k == 0 and _at(s, 0, n, b"local", 5) and n > 5 and s[5] >= c'0' and s[5] <= c'7':
+        k = 6
+    if k == 0:
+        return 0
+    r = _skip_spaces(s, k, n)
+    if r - k > 8 or not _byte_at(s, r, n, c':'):
+        return 0
+    kern = k == 4 and memcmp(s, b"kern", 4) == 0
+    k = r + 1
+    r = _name(s, k, n, LEVELS)
+    if r == 0:
+        return 0
+    k += r
+    r = _skip_spaces(s, k, n)
+    if r - k > 8 or not _at(s, r, n, b": ", 2):
+        return 0
+    user[0] = not kern
+    return r + 2
 
 
 cdef inline int _month(const uchar *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -349,19 +475,19 @@ cdef inline double _with_fraction(long long seconds, const uchar *s, Py_ssize_t 
     return <double>seconds + <double>_dec(s, f, k) / POW10[k]
 
 
-cdef void _stamp(const uchar *s, Py_ssize_t n, Stamp *st) noexcept nogil:
-    """Time stamp of a line from its prefix s[0:n] (the text before the rule's match)."""
-    cdef Py_ssize_t k, r, a, j, t0, fstart, flen, b
-    cdef long long year, epoch, offset
-    cdef int month, day
-    cdef int hms[3]
-    st.clock = NONE
-    st.kmsg = False
+cdef inline void _set(Stamp *st, int clock, double value, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    st.clock = clock
+    st.value = value
+    st.a = a
+    st.b = b
 
-    # /dev/kmsg: \d{1,3},\d{1,20},(\d{1,15}),[^;]{0,64};
-    r = _run_digits(s, 0, n, 4)
-    if 1 <= r <= 3 and _byte_at(s, r, n, c','):
-        k = r + 1
+
+cdef Py_ssize_t _ts_kmsg(const uchar *s, Py_ssize_t n, Stamp *st, bint *user) noexcept nogil:
+    # /dev/kmsg: (\d{1,3}),\d{1,20},(\d{1,15}),[^;]{0,64}; → the offset after ';', or -1
+    cdef Py_ssize_t k, r, p, a, j
+    p = _run_digits(s, 0, n, 4)
+    if 1 <= p <= 3 and _byte_at(s, p, n, c','):
+        k = p + 1
         r = _run_digits(s, k, n, 21)
         if 1 <= r <= 20 and _byte_at(s, k + r, n, c','):
             k += r + 1
@@ -376,104 +502,248 @@ cdef void _stamp(const uchar *s, Py_ssize_t n, Stamp *st) noexcept nogil:
                     st.value = <double>st.usec / 1e6
                     st.clock = MONOTONIC
                     st.kmsg = True
-                    return
+                    user[0] = _dec(s, 0, p) >= USER_FACILITY
+                    return j + 1
+    return -1
 
-    # ISO 8601: PRIO (\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?
-    t0 = _prio(s, n)
-    k = t0
-    if (k + 11 <= n and _digit(s[k]) and _digit(s[k + 1]) and _digit(s[k + 2]) and _digit(s[k + 3])
+
+cdef Py_ssize_t _ts_iso(const uchar *s, Py_ssize_t k, Py_ssize_t n, Stamp *st) noexcept nogil:
+    # ((\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?) and a space
+    # → the offset after the space, or -1; st is set only when the date is real
+    cdef Py_ssize_t j, r, b, fstart = 0, flen = 0
+    cdef long long year, epoch, offset = 0
+    cdef int month, day
+    cdef int hms[3]
+    if not (k + 11 <= n and _digit(s[k]) and _digit(s[k + 1]) and _digit(s[k + 2]) and _digit(s[k + 3])
             and s[k + 4] == c'-' and _two(s, k + 5, n) and s[k + 7] == c'-' and _two(s, k + 8, n)
             and (s[k + 10] == c'T' or s[k + 10] == c' ')):
-        j = _clock(s, k + 11, n, hms)
-        if j >= 0:
-            year = <long long>_dec(s, k, 4)
-            month = _val2(s, k + 5)
-            day = _val2(s, k + 8)
-            fstart = 0
-            flen = 0
-            if j < n and (s[j] == c'.' or s[j] == c','):
-                r = _run_digits(s, j + 1, n, 9)
-                if r >= 1:
-                    fstart = j + 1
-                    flen = r
-                    j += 1 + r
-            offset = 0
-            if j < n and s[j] == c'Z':
-                j += 1
-            elif j < n and (s[j] == c'+' or s[j] == c'-') and _two(s, j + 1, n):
-                # [+-]\d{2}:?\d{2}: the ':' is given back when two digits do not follow it
-                b = j + 3
-                if _byte_at(s, b, n, c':') and _two(s, b + 1, n):
-                    b += 1
-                if _two(s, b, n):
-                    offset = _val2(s, j + 1) * 3600 + _val2(s, b) * 60
-                    if s[j] == c'-':
-                        offset = -offset
-                    j = b + 2
-            if _valid_date(year, month, day) and _clock_ok(hms):
-                epoch = _days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
-                epoch -= offset
-                _set(st, REALTIME, _with_fraction(epoch, s, fstart, flen), t0, j)
-                return
+        return -1
+    j = _clock(s, k + 11, n, hms)
+    if j < 0:
+        return -1
+    year = <long long>_dec(s, k, 4)
+    month = _val2(s, k + 5)
+    day = _val2(s, k + 8)
+    if j < n and (s[j] == c'.' or s[j] == c','):
+        r = _run_digits(s, j + 1, n, 9)
+        if r >= 1:      # a 10th digit then fails the space below, as the regex does
+            fstart = j + 1
+            flen = r
+            j += 1 + r
+    if j < n and s[j] == c'Z':
+        j += 1
+    elif j < n and (s[j] == c'+' or s[j] == c'-') and _two(s, j + 1, n):
+        # [+-]\d{2}:?\d{2}: the ':' is given back when two digits do not follow it; a zone that
+        # does not fit is not taken, and the space below then fails, as the regex does
+        b = j + 3
+        if _byte_at(s, b, n, c':') and _two(s, b + 1, n):
+            b += 1
+        if _two(s, b, n):
+            offset = _val2(s, j + 1) * 3600 + _val2(s, b) * 60
+            if s[j] == c'-':
+                offset = -offset
+            j = b + 2
+    if not _byte_at(s, j, n, c' '):
+        return -1
+    if _valid_date(year, month, day) and _clock_ok(hms):
+        epoch = _days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+        epoch -= offset
+        _set(st, REALTIME, _with_fraction(epoch, s, fstart, flen), k, j)
+    return j + 1
 
-    # BSD syslog: PRIO (Mon) ([ \d]\d) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?
-    k = t0
+
+cdef Py_ssize_t _ts_bsd(const uchar *s, Py_ssize_t k, Py_ssize_t n, Stamp *st) noexcept nogil:
+    # ((Mon) ([ \d]\d) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?) and a space → the offset after the space, or -1
+    cdef Py_ssize_t j, r, fstart = 0, flen = 0
+    cdef long long epoch
+    cdef int month, day
+    cdef int hms[3]
     month = _month(s, k, n)
-    if month and _byte_at(s, k + 3, n, c' '):
-        day = _day(s, k + 4, n)
-        if day >= 0 and _byte_at(s, k + 6, n, c' '):
-            j = _clock(s, k + 7, n, hms)
-            if j >= 0:
-                fstart = 0
-                flen = 0
-                if _byte_at(s, j, n, c'.'):
-                    r = _run_digits(s, j + 1, n, 9)
-                    if r >= 1:
-                        fstart = j + 1
-                        flen = r
-                        j += 1 + r
-                if _valid_date(2000, month, day) and _clock_ok(hms):
-                    epoch = (LEAP_DAYS_BEFORE[month - 1] + day - 1) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
-                    _set(st, YEARLESS, _with_fraction(epoch, s, fstart, flen), t0, j)
-                    return
+    if not (month and _byte_at(s, k + 3, n, c' ')):
+        return -1
+    day = _day(s, k + 4, n)
+    if day < 0 or not _byte_at(s, k + 6, n, c' '):
+        return -1
+    j = _clock(s, k + 7, n, hms)
+    if j < 0:
+        return -1
+    if _byte_at(s, j, n, c'.'):
+        r = _run_digits(s, j + 1, n, 9)
+        if r >= 1:
+            fstart = j + 1
+            flen = r
+            j += 1 + r
+    if not _byte_at(s, j, n, c' '):
+        return -1
+    if _valid_date(2000, month, day) and _clock_ok(hms):
+        epoch = (LEAP_DAYS_BEFORE[month - 1] + day - 1) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+        _set(st, YEARLESS, _with_fraction(epoch, s, fstart, flen), k, j)
+    return j + 1
 
-    # dmesg -T: PRIO \[((?:Mon|...) (Jan|...) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4}))\]
-    k = t0
-    if _byte_at(s, k, n, c'[') and _weekday(s, k + 1, n) and _byte_at(s, k + 4, n, c' '):
-        month = _month(s, k + 5, n)
-        if month and _byte_at(s, k + 8, n, c' '):
-            day = _day(s, k + 9, n)
-            if day >= 0 and _byte_at(s, k + 11, n, c' '):
-                j = _clock(s, k + 12, n, hms)
-                if (j >= 0 and _byte_at(s, j, n, c' ') and _two(s, j + 1, n) and _two(s, j + 3, n)
-                        and _byte_at(s, j + 5, n, c']')):
-                    year = <long long>_dec(s, j + 1, 4)
-                    if _valid_date(year, month, day) and _clock_ok(hms):
-                        epoch = _days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
-                        _set(st, REALTIME, <double>epoch, k + 1, j + 5)
-                        return
 
-    # dmesg: the first \[ *(\d{1,10})\.(\d{1,9})\] anywhere in the prefix
-    b = 0
-    while True:
-        b = xid_find(s, b, n, b"[", 1)
-        if b < 0:
+cdef Py_ssize_t _ts_dmesg_t(const uchar *s, Py_ssize_t k, Py_ssize_t n, Stamp *st) noexcept nogil:
+    # \[((?:Mon|...) (Jan|...) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4}))\] ? → the offset after it, or -1
+    cdef Py_ssize_t j
+    cdef long long year, epoch
+    cdef int month, day
+    cdef int hms[3]
+    if not (_byte_at(s, k, n, c'[') and _weekday(s, k + 1, n) and _byte_at(s, k + 4, n, c' ')):
+        return -1
+    month = _month(s, k + 5, n)
+    if not (month and _byte_at(s, k + 8, n, c' ')):
+        return -1
+    day = _day(s, k + 9, n)
+    if day < 0 or not _byte_at(s, k + 11, n, c' '):
+        return -1
+    j = _clock(s, k + 12, n, hms)
+    if not (j >= 0 and _byte_at(s, j, n, c' ') and _two(s, j + 1, n) and _two(s, j + 3, n)
+            and _byte_at(s, j + 5, n, c']')):
+        return -1
+    year = <long long>_dec(s, j + 1, 4)
+    if _valid_date(year, month, day) and _clock_ok(hms):
+        epoch = _days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+        _set(st, REALTIME, <double>epoch, k + 1, j + 5)
+    j += 6
+    if _byte_at(s, j, n, c' '):
+        j += 1
+    return j
+
+
+cdef Py_ssize_t _ts_dmesg(const uchar *s, Py_ssize_t k, Py_ssize_t n, Stamp *st) noexcept nogil:
+    # \[ *((\d{1,10})(?:\.(\d{1,9}))?)\] ? → the offset after it, or -1 (st always set)
+    cdef Py_ssize_t a, r, f = 0, j
+    if not _byte_at(s, k, n, c'['):
+        return -1
+    a = _skip_spaces(s, k + 1, n)
+    r = _run_digits(s, a, n, 11)
+    if r < 1 or r > 10:
+        return -1
+    j = a + r
+    if _byte_at(s, j, n, c'.'):
+        f = _run_digits(s, j + 1, n, 10)
+        if f < 1 or f > 9:
+            return -1
+        j += 1 + f
+    if not _byte_at(s, j, n, c']'):
+        return -1
+    _set(st, MONOTONIC, _with_fraction(<long long>_dec(s, a, r), s, a + r + 1, f), a, j)
+    j += 1
+    if _byte_at(s, j, n, c' '):
+        j += 1
+    return j
+
+
+cdef Py_ssize_t _tag(const uchar *s, Py_ssize_t k, Py_ssize_t n, bint *kernel) noexcept nogil:
+    # ([^ :\[\]]{1,64}(?:\[\d{1,10}\])?): and a space → the offset after the space, or -1;
+    # kernel: the tag is exactly "kernel"
+    cdef Py_ssize_t j = k, d
+    cdef uchar c
+    while j < n and j - k < 65:
+        c = s[j]
+        if c == c' ' or c == c':' or c == c'[' or c == c']':
             break
-        k = _skip_spaces(s, b + 1, n)
-        r = _run_digits(s, k, n, 11)
-        if 1 <= r <= 10 and _byte_at(s, k + r, n, c'.'):
-            flen = _run_digits(s, k + r + 1, n, 10)
-            if 1 <= flen <= 9 and _byte_at(s, k + r + 1 + flen, n, c']'):
-                _set(st, MONOTONIC, _with_fraction(<long long>_dec(s, k, r), s, k + r + 1, flen), k, k + r + 1 + flen)
-                return
-        b += 1
+        j += 1
+    if j == k or j - k > 64:
+        return -1
+    if _byte_at(s, j, n, c'['):
+        d = _run_digits(s, j + 1, n, 11)
+        if not (1 <= d <= 10 and _byte_at(s, j + 1 + d, n, c']')):
+            return -1
+        j += 2 + d
+    if not _at(s, j, n, b": ", 2):
+        return -1
+    kernel[0] = j - k == 6 and memcmp(s + k, b"kernel", 6) == 0
+    return j + 2
 
 
-cdef inline void _set(Stamp *st, int clock, double value, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    st.clock = clock
-    st.value = value
-    st.a = a
-    st.b = b
+cdef inline Py_ssize_t _host(const uchar *s, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    # [^ ]{0,254}[^ :] and a space (a host name never ends with ':') → the offset after the space, or -1
+    cdef Py_ssize_t j = k
+    while j < n and j - k < 256 and s[j] != c' ':
+        j += 1
+    if j == k or j - k > 255 or s[j - 1] == c':' or not _byte_at(s, j, n, c' '):
+        return -1
+    return j + 1
+
+
+cdef inline bint _rule_start(const uchar *s, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    # NVRM: |SXid \(|nvidia-nvswitch\d{1,4}: SXid \(|GPU reset executed:
+    cdef Py_ssize_t r
+    if _at(s, k, n, b"NVRM: ", 6) or _at(s, k, n, b"SXid (", 6) or _at(s, k, n, b"GPU reset executed: ", 20):
+        return True
+    if _at(s, k, n, b"nvidia-nvswitch", 15):
+        r = _run_digits(s, k + 15, n, 5)
+        return 1 <= r <= 4 and _at(s, k + 15 + r, n, b": SXid (", 8)
+    return False
+
+
+cdef void _header(const uchar *s, Py_ssize_t n, Head *h) noexcept nogil:
+    """The header of the line s[0:n] (twin: _header): where the message starts, whether a part names
+    user space, whether a part names the kernel, and the time stamp (the first real date among the
+    header's stamps)."""
+    cdef Py_ssize_t p, j, k
+    cdef bint tagged = False, kernel = False, iso
+    cdef Stamp d
+    h.user = False
+    h.kernel = False
+    h.st.clock = NONE
+    h.st.kmsg = False
+    j = _ts_kmsg(s, n, &h.st, &h.user)
+    if j >= 0:
+        h.kernel = not h.user
+        h.msg = j
+        return
+    p = _prio(s, n, &h.user)
+    if p == 0:
+        p = _decoded(s, n, &h.user)
+    if p > 0:
+        h.kernel = not h.user
+    j = _ts_iso(s, p, n, &h.st)
+    iso = j >= 0
+    if j < 0:
+        j = _ts_bsd(s, p, n, &h.st)
+    if j >= 0:     # a syslog line: [HOST ]TAG: follows, unless the message starts right here
+        p = j
+        if _rule_start(s, p, n):
+            h.msg = p
+            return
+        j = _tag(s, p, n, &kernel)
+        if j >= 0 and iso and not kernel:
+            # dmesg --time-format=iso prints no tag, so `input: <any name>` there is a kernel
+            # message: after an ISO stamp, a tag without a host must be the kernel's
+            j = -1
+        if j < 0:
+            k = _host(s, p, n)
+            if k >= 0:
+                j = _tag(s, k, n, &kernel)
+        if j >= 0:
+            p = j
+            tagged = True
+            if kernel:
+                h.kernel = True
+            else:
+                h.user = True
+    else:
+        j = _ts_dmesg_t(s, p, n, &h.st)
+        if j >= 0:
+            h.msg = j
+            return
+        if _at(s, p, n, b"kernel: ", 8):
+            p += 8
+            tagged = True
+            h.kernel = True
+    d.kmsg = False
+    j = _ts_dmesg(s, p, n, &d)
+    if j >= 0:
+        if h.st.clock == NONE:
+            h.st = d
+        p = j
+        if not tagged:      # journalctl -o short-monotonic: "[ 1108.858286] HOST kernel: "
+            k = _host(s, p, n)
+            if k >= 0 and _at(s, k, n, b"kernel: ", 8):
+                p = k + 8
+                h.kernel = True
+    h.msg = p
 
 
 cdef str _usec_text(unsigned long long usec):
@@ -500,12 +770,6 @@ cdef tuple _stamp_objects(const uchar *s, Stamp *st):
     if st.clock == NONE:
         return NO_TIME
     return (st.value, CLOCKS[st.clock], _usec_text(st.usec) if st.kmsg else _text(s, st.a, st.b))
-
-
-cdef tuple _timestamp(const uchar *s, Py_ssize_t n):
-    cdef Stamp st
-    _stamp(s, n, &st)
-    return _stamp_objects(s, &st)
 
 
 cdef inline void _put(object t, Py_ssize_t i, object value):
@@ -560,6 +824,19 @@ cdef str _device_id(const uchar *s, Py_ssize_t i, Py_ssize_t n):
                 and _run_hex(s, k + 5, n, 4) == 4 and s[k + 9] == c')'):
             return _lower_text(s, k, k + 9)
         i += 1
+
+
+cdef Py_ssize_t _record_fallen_text(const uchar *s, Py_ssize_t n, Head *h) noexcept nogil:
+    # twin: _record_fallen_text — a later line of an open record: not from user space, and its
+    # message (after the header and indentation) starts with "NVRM: "; "fallen off the bus" in it, or -1
+    cdef Py_ssize_t k = h.msg
+    if h.user:
+        return -1
+    while k < n and (s[k] == c' ' or s[k] == c'\t'):
+        k += 1
+    if not _at(s, k, n, b"NVRM: ", 6):
+        return -1
+    return xid_find(s, k + 6, n, b"fallen off the bus", 18)
 
 
 @cython.final
@@ -724,6 +1001,7 @@ cdef class Decoder:
         cdef bint truncated, had_pending
         cdef unsigned long gen
         cdef Py_ssize_t at
+        cdef Head h
         if overflow:
             if n > MAX_LINE:
                 n = MAX_LINE
@@ -736,13 +1014,14 @@ cdef class Decoder:
                 n = MAX_LINE
         had_pending = self._pending_pci is not None
         gen = self._pending_gen
-        event = self._rules(s, n, truncated)
+        _header(s, n, &h)
+        event = self._rules(s, n, &h, truncated)
         if self._pending_gen != gen:    # the line opened a new record
             return 0
         if event is not None:
             out.append(event)
         elif had_pending:
-            at = xid_find(s, 0, n, b"fallen off the bus", 18)
+            at = _record_fallen_text(s, n, &h)
             if at >= 0:
                 self._pending_lines.append(PyBytes_FromStringAndSize(<const char *>s, n))
                 event = self._fallen_record(s, n, at, truncated)
@@ -759,64 +1038,69 @@ cdef class Decoder:
                 self._close_pending()
         return 0
 
-    cdef object _rules(self, const uchar *s, Py_ssize_t n, bint truncated):
-        cdef bint opened = False
-        event = self._rule_xid(s, n, truncated)
-        if event is not None:
-            return event
-        event = self._rule_sxid(s, n, truncated)
-        if event is not None:
-            return event
-        event = self._rule_mapping(s, n, truncated)
-        if event is not None:
-            return event
-        event = self._rule_fallen_line(s, n, truncated)
-        if event is not None:
-            return event
-        event = self._rule_fallen_start(s, n, truncated, &opened)
-        if event is not None or opened:
-            return event
-        return self._rule_reset(s, n, truncated)
+    cdef object _rules(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
+        # every rule matches at h.msg only (twin: _rules); rules 1-5 never for user space, 6 never for the kernel
+        if _at(s, h.msg, n, b"NVRM: ", 6):
+            if h.user:
+                return None
+            event = self._rule_xid(s, n, h, truncated)
+            if event is not None:
+                return event
+            event = self._rule_mapping(s, n, h, truncated)
+            if event is not None:
+                return event
+            event = self._rule_fallen_line(s, n, h, truncated)
+            if event is not None:
+                return event
+            return self._rule_fallen_start(s, n, h, truncated)
+        if not h.user:
+            event = self._rule_sxid(s, n, h, truncated)
+            if event is not None:
+                return event
+        if h.kernel:    # rule 6 is reset tooling's: never for a line the kernel printed (echoed text)
+            return None
+        return self._rule_reset(s, n, h, truncated)
 
     # ---- rule 1: Xid ----
-    cdef object _rule_xid(self, const uchar *s, Py_ssize_t n, bint truncated):
-        # NVRM: Xid \( _PCI (?: GPU-I:(\d{1,4}))?(?: GPU-CI:(\d{1,4}))?\): *(\d{1,6})(?!\d),? *
-        cdef Py_ssize_t at = 0, j, r
+    cdef object _rule_xid(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
+        # NVRM: Xid \( _PCI_PAREN (?: GPU-I:(\d{1,4}))?(?: GPU-CI:(\d{1,4}))?\): *(\d{1,6})(?!\d),? *
+        cdef Py_ssize_t j, r
         cdef Pci pci
         cdef long gpu_i, gpu_ci, xid
-        while True:
-            at = xid_find(s, at, n, b"NVRM: Xid (", 11)
-            if at < 0:
-                return None
-            j = _parse_pci(s, at + 11, n, &pci)
-            if j >= 0:
-                gpu_i = -1
-                gpu_ci = -1
-                # a MIG group with 5+ digits cannot be followed by ')' or ' GPU-CI:': not taking
-                # it fails the same way the regex does
-                if _at(s, j, n, b" GPU-I:", 7):
-                    r = _run_digits(s, j + 7, n, 5)
-                    if 1 <= r <= 4:
-                        gpu_i = <long>_dec(s, j + 7, r)
-                        j += 7 + r
-                if _at(s, j, n, b" GPU-CI:", 8):
-                    r = _run_digits(s, j + 8, n, 5)
-                    if 1 <= r <= 4:
-                        gpu_ci = <long>_dec(s, j + 8, r)
-                        j += 8 + r
-                if _at(s, j, n, b"):", 2):
-                    j = _skip_spaces(s, j + 2, n)
-                    r = _run_digits(s, j, n, 7)
-                    if 1 <= r <= 6:
-                        xid = <long>_dec(s, j, r)
-                        j += r
-                        if _byte_at(s, j, n, c','):
-                            j += 1
-                        j = _skip_spaces(s, j, n)
-                        return self._xid_event(s, n, at, j, &pci, xid, gpu_i, gpu_ci, truncated)
-            at += 1
+        cdef int alt
+        if not _at(s, h.msg, n, b"NVRM: Xid (", 11):
+            return None
+        for alt in range(3):
+            j = _parse_pci_paren(s, h.msg + 11, n, &pci, alt)
+            if j < 0:
+                continue
+            gpu_i = -1
+            gpu_ci = -1
+            # a MIG group with 5+ digits cannot be followed by ')' or ' GPU-CI:': not taking
+            # it fails the same way the regex does
+            if _at(s, j, n, b" GPU-I:", 7):
+                r = _run_digits(s, j + 7, n, 5)
+                if 1 <= r <= 4:
+                    gpu_i = <long>_dec(s, j + 7, r)
+                    j += 7 + r
+            if _at(s, j, n, b" GPU-CI:", 8):
+                r = _run_digits(s, j + 8, n, 5)
+                if 1 <= r <= 4:
+                    gpu_ci = <long>_dec(s, j + 8, r)
+                    j += 8 + r
+            if _at(s, j, n, b"):", 2):
+                j = _skip_spaces(s, j + 2, n)
+                r = _run_digits(s, j, n, 7)
+                if 1 <= r <= 6:
+                    xid = <long>_dec(s, j, r)
+                    j += r
+                    if _byte_at(s, j, n, c','):
+                        j += 1
+                    j = _skip_spaces(s, j, n)
+                    return self._xid_event(s, n, h, j, &pci, xid, gpu_i, gpu_ci, truncated)
+        return None
 
-    cdef object _xid_event(self, const uchar *s, Py_ssize_t n, Py_ssize_t start, Py_ssize_t tail,
+    cdef object _xid_event(self, const uchar *s, Py_ssize_t n, Head *head, Py_ssize_t tail,
                            Pci *pci, long xid, long gpu_i, long gpu_ci, bint truncated):
         cdef Py_ssize_t p = tail, k, r, c, v, h, e, q, to, t, left, right, a, b
         cdef Py_ssize_t cnt = 0
@@ -1045,179 +1329,178 @@ cdef class Decoder:
                     regs[1],
                 )
                 error_code = f"{xid}.{subcode}"
+        if pci.known:
+            warns = EMPTY if warning is None else (warning,)
+        else:
+            warns = WARN_PCI_ONLY if warning is None else (W_PCI_UNKNOWN, warning)
         return self._build(
-            K_XID, error_code, xid, self._pci(pci), s, n, start, None,
+            K_XID, error_code, xid, self._pci(pci) if pci.known else "", s, n, &head.st, None,
             truncated, "", pid, process, channel,
             _text(s, p, n), gpu_i if gpu_i >= 0 else None, gpu_ci if gpu_ci >= 0 else None,
             location, link, registers, recovery_action, recovery_code, nvlink5, severity, None, "",
-            False, warning,
+            False, warns,
         )
 
     # ---- rule 2: SXid ----
-    cdef object _rule_sxid(self, const uchar *s, Py_ssize_t n, bint truncated):
-        # (?:nvidia-nvswitch(\d{1,4}): )?SXid \( _PCI \): *(\d{1,6})(?!\d),? *
+    cdef object _rule_sxid(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
+        # (?:nvidia-nvswitch(\d{1,4}): )?SXid \( _PCI_PAREN \): *(\d{1,6})(?!\d),? *
         # then (Fatal|Non-fatal|Nonfatal)(?:, *|\Z) and Link (\d{1,4})(?!\d),? * at the tail
-        cdef Py_ssize_t at = 0, j, r, q, start
+        cdef Py_ssize_t at = h.msg, p, j, r, q
         cdef Pci pci
         cdef long sxid
-        while True:
-            at = xid_find(s, at, n, b"SXid (", 6)
-            if at < 0:
+        cdef int alt
+        switch = None
+        if _at(s, at, n, b"nvidia-nvswitch", 15):
+            # with 5+ digits, or without ": SXid (" after them, the optional prefix is not taken
+            # and "SXid (" cannot start at 'n': no match
+            r = _run_digits(s, at + 15, n, 5)
+            if not (1 <= r <= 4 and _at(s, at + 15 + r, n, b": SXid (", 8)):
                 return None
-            j = _parse_pci(s, at + 6, n, &pci)
-            if j >= 0 and _at(s, j, n, b"):", 2):
-                j = _skip_spaces(s, j + 2, n)
-                r = _run_digits(s, j, n, 7)
-                if 1 <= r <= 6:
-                    sxid = <long>_dec(s, j, r)
-                    j += r
+            switch = <long>_dec(s, at + 15, r)
+            p = at + 15 + r + 8
+        elif _at(s, at, n, b"SXid (", 6):
+            p = at + 6
+        else:
+            return None
+        for alt in range(3):
+            j = _parse_pci_paren(s, p, n, &pci, alt)
+            if j < 0 or not _at(s, j, n, b"):", 2):
+                continue
+            j = _skip_spaces(s, j + 2, n)
+            r = _run_digits(s, j, n, 7)
+            if not 1 <= r <= 6:
+                continue
+            sxid = <long>_dec(s, j, r)
+            j += r
+            if _byte_at(s, j, n, c','):
+                j += 1
+            j = _skip_spaces(s, j, n)
+            severity = ""
+            q = j
+            if _at(s, j, n, b"Fatal", 5):
+                q = j + 5
+                severity = "fatal"
+            elif _at(s, j, n, b"Non-fatal", 9):
+                q = j + 9
+                severity = "nonfatal"
+            elif _at(s, j, n, b"Nonfatal", 8):
+                q = j + 8
+                severity = "nonfatal"
+            if severity:
+                if q == n:
+                    j = q
+                elif s[q] == c',':
+                    j = _skip_spaces(s, q + 1, n)
+                else:
+                    severity = ""
+            link = None
+            if _at(s, j, n, b"Link ", 5):
+                r = _run_digits(s, j + 5, n, 5)
+                if 1 <= r <= 4:
+                    link = <long>_dec(s, j + 5, r)
+                    j += 5 + r
                     if _byte_at(s, j, n, c','):
                         j += 1
                     j = _skip_spaces(s, j, n)
-                    # the switch prefix ends right before "SXid": "nvidia-nvswitch" digits ": "
-                    switch = None
-                    start = at
-                    if at >= 2 and s[at - 1] == c' ' and s[at - 2] == c':':
-                        q = 0
-                        while q < 5 and at - 3 - q >= 0 and _digit(s[at - 3 - q]):
-                            q += 1
-                        if 1 <= q <= 4 and _at(s, at - 2 - q - 15, n, b"nvidia-nvswitch", 15):
-                            switch = <long>_dec(s, at - 2 - q, q)
-                            start = at - 2 - q - 15
-                    severity = ""
-                    q = j
-                    if _at(s, j, n, b"Fatal", 5):
-                        q = j + 5
-                        severity = "fatal"
-                    elif _at(s, j, n, b"Non-fatal", 9):
-                        q = j + 9
-                        severity = "nonfatal"
-                    elif _at(s, j, n, b"Nonfatal", 8):
-                        q = j + 8
-                        severity = "nonfatal"
-                    if severity:
-                        if q == n:
-                            j = q
-                        elif s[q] == c',':
-                            j = _skip_spaces(s, q + 1, n)
-                        else:
-                            severity = ""
-                    link = None
-                    if _at(s, j, n, b"Link ", 5):
-                        r = _run_digits(s, j + 5, n, 5)
-                        if 1 <= r <= 4:
-                            link = <long>_dec(s, j + 5, r)
-                            j += 5 + r
-                            if _byte_at(s, j, n, c','):
-                                j += 1
-                            j = _skip_spaces(s, j, n)
-                    return self._build(
-                        K_SXID, f"SXID.{sxid}", sxid, self._pci(&pci), s, n, start, None,
-                        truncated, "", None, "", None,
-                        _text(s, j, n), None, None, None, link, EMPTY, "", None, None, severity,
-                        switch, "", False, None,
-                    )
-            at += 1
+            return self._build(
+                K_SXID, f"SXID.{sxid}", sxid, self._pci(&pci) if pci.known else "", s, n, &h.st, None,
+                truncated, "", None, "", None,
+                _text(s, j, n), None, None, None, link, EMPTY, "", None, None, severity,
+                switch, "", False, EMPTY if pci.known else WARN_PCI_ONLY,
+            )
+        return None
 
     # ---- rule 3: PCI → UUID mapping ----
-    cdef object _rule_mapping(self, const uchar *s, Py_ssize_t n, bint truncated):
+    cdef object _rule_mapping(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
         # NVRM: GPU at _PCI : (GPU-[0-9a-fA-F-]{1,64})
-        cdef Py_ssize_t at = 0, j, r
+        cdef Py_ssize_t j, r
         cdef Pci pci
-        while True:
-            at = xid_find(s, at, n, b"NVRM: GPU at ", 13)
-            if at < 0:
-                return None
-            j = _parse_pci(s, at + 13, n, &pci)
-            if j >= 0 and _at(s, j, n, b": GPU-", 6):
-                r = _run_uuid(s, j + 6, n, 64)
-                if r >= 1:
-                    pci_text = self._pci(&pci)
-                    uuid = _text(s, j + 2, j + 6 + r)
-                    self._uuid_by_pci[pci_text] = uuid
-                    self._pci_by_uuid[uuid] = pci_text
-                    return self._build(
-                        K_MAPPING, "", None, pci_text, s, n, at, None,
-                        truncated, uuid, None, "", None,
-                        "", None, None, None, None, EMPTY, "", None, None, "", None, "", False, None,
-                    )
-            at += 1
+        if not _at(s, h.msg, n, b"NVRM: GPU at ", 13):
+            return None
+        j = _parse_pci(s, h.msg + 13, n, &pci)
+        if j >= 0 and _at(s, j, n, b": GPU-", 6):
+            r = _run_uuid(s, j + 6, n, 64)
+            if r >= 1:
+                pci_text = self._pci(&pci)
+                uuid = _text(s, j + 2, j + 6 + r)
+                self._uuid_by_pci[pci_text] = uuid
+                self._pci_by_uuid[uuid] = pci_text
+                return self._build(
+                    K_MAPPING, "", None, pci_text, s, n, &h.st, None,
+                    truncated, uuid, None, "", None,
+                    "", None, None, None, None, EMPTY, "", None, None, "", None, "", False, EMPTY,
+                )
+        return None
 
     # ---- rule 4: fallen off the bus, one line ----
-    cdef object _rule_fallen_line(self, const uchar *s, Py_ssize_t n, bint truncated):
+    cdef object _rule_fallen_line(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
         # NVRM: GPU _PCI : GPU has fallen off the bus
-        cdef Py_ssize_t at = 0, j
+        cdef Py_ssize_t j
         cdef Pci pci
-        while True:
-            at = xid_find(s, at, n, b"NVRM: GPU ", 10)
-            if at < 0:
-                return None
-            j = _parse_pci(s, at + 10, n, &pci)
-            if j >= 0 and _at(s, j, n, b": GPU has fallen off the bus", 28):
-                return self._build(
-                    K_FALLEN, CODE_FALLEN, None, self._pci(&pci), s, n, at, None,
-                    truncated, "", None, "", None,
-                    _text(s, j + 2, n), None, None, None, None, EMPTY, "", None, None, "", None, "",
-                    False, None,
-                )
-            at += 1
+        if not _at(s, h.msg, n, b"NVRM: GPU ", 10):
+            return None
+        j = _parse_pci(s, h.msg + 10, n, &pci)
+        if j >= 0 and _at(s, j, n, b": GPU has fallen off the bus", 28):
+            return self._build(
+                K_FALLEN, CODE_FALLEN, None, self._pci(&pci), s, n, &h.st, None,
+                truncated, "", None, "", None,
+                _text(s, j + 2, n), None, None, None, None, EMPTY, "", None, None, "", None, "",
+                False, EMPTY,
+            )
+        return None
 
     # ---- rule 5: fallen off the bus, record ----
-    cdef object _rule_fallen_start(self, const uchar *s, Py_ssize_t n, bint truncated, bint *opened):
+    cdef object _rule_fallen_start(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
         # NVRM: The NVIDIA GPU _PCI, then "fallen off the bus" later in the line or record
-        cdef Py_ssize_t at = 0, j, f
+        cdef Py_ssize_t j, f
         cdef Pci pci
-        at = xid_find(s, 0, n, b"NVRM: The NVIDIA GPU ", 21)
-        while at >= 0:
-            j = _parse_pci(s, at + 21, n, &pci)
-            if j >= 0:
-                pci_text = self._pci(&pci)
-                device = _device_id(s, j, n)
-                f = xid_find(s, j, n, b"fallen off the bus", 18)
-                if f >= 0:
-                    return self._build(
-                        K_FALLEN, CODE_FALLEN, None, pci_text, s, n, at, None,
-                        truncated, "", None, "", None,
-                        _text(s, f, n), None, None, None, None, EMPTY, "", None, None, "", None, device,
-                        False, None,
-                    )
-                self._pending_pci = pci_text
-                self._pending_time = _timestamp(s, at)
-                self._pending_lines = [PyBytes_FromStringAndSize(<const char *>s, n)]
-                self._pending_device = device
-                self._pending_truncated = truncated
-                self._pending_left = WINDOW
-                self._pending_gen += 1
-                opened[0] = True
-                return None
-            at = xid_find(s, at + 1, n, b"NVRM: The NVIDIA GPU ", 21)
+        if not _at(s, h.msg, n, b"NVRM: The NVIDIA GPU ", 21):
+            return None
+        j = _parse_pci(s, h.msg + 21, n, &pci)
+        if j < 0:
+            return None
+        pci_text = self._pci(&pci)
+        device = _device_id(s, j, n)
+        f = xid_find(s, j, n, b"fallen off the bus", 18)
+        if f >= 0:
+            return self._build(
+                K_FALLEN, CODE_FALLEN, None, pci_text, s, n, &h.st, None,
+                truncated, "", None, "", None,
+                _text(s, f, n), None, None, None, None, EMPTY, "", None, None, "", None, device,
+                False, EMPTY,
+            )
+        self._pending_pci = pci_text
+        self._pending_time = _stamp_objects(s, &h.st)
+        self._pending_lines = [PyBytes_FromStringAndSize(<const char *>s, n)]
+        self._pending_device = device
+        self._pending_truncated = truncated
+        self._pending_left = WINDOW
+        self._pending_gen += 1
         return None
 
     # ---- rule 6: GPU reset executed ----
-    cdef object _rule_reset(self, const uchar *s, Py_ssize_t n, bint truncated):
+    cdef object _rule_reset(self, const uchar *s, Py_ssize_t n, Head *h, bint truncated):
         # GPU reset executed: (GPU-[0-9a-fA-F-]{1,64}); failed if the rest says so (any case)
-        cdef Py_ssize_t at = 0, r, e, m
+        cdef Py_ssize_t at = h.msg, r, e, m
         cdef bint healthy
-        while True:
-            at = xid_find(s, at, n, b"GPU reset executed: GPU-", 24)
-            if at < 0:
-                return None
-            r = _run_uuid(s, at + 24, n, 64)
-            if r >= 1:
-                e = at + 24 + r
-                rest = bytes(s[e:n]).lower()
-                healthy = not (b"success: false" in rest or b"fail" in rest)
-                uuid = _text(s, at + 20, e)
-                m = e
-                while m < n and (s[m] == c',' or s[m] == c' '):
-                    m += 1
-                return self._build(
-                    K_RESET, CODE_RESET, None, self._pci_by_uuid.get(uuid, ""), s, n, at, None,
-                    truncated, uuid, None, "", None,
-                    _text(s, m, n), None, None, None, None, EMPTY, "", None, None, "", None, "",
-                    healthy, None,
-                )
-            at += 1
+        if not _at(s, at, n, b"GPU reset executed: GPU-", 24):
+            return None
+        r = _run_uuid(s, at + 24, n, 64)
+        if r < 1:
+            return None
+        e = at + 24 + r
+        rest = bytes(s[e:n]).lower()
+        healthy = not (b"success: false" in rest or b"fail" in rest)
+        uuid = _text(s, at + 20, e)
+        m = e
+        while m < n and (s[m] == c',' or s[m] == c' '):
+            m += 1
+        return self._build(
+            K_RESET, CODE_RESET, None, self._pci_by_uuid.get(uuid, ""), s, n, &h.st, None,
+            truncated, uuid, None, "", None,
+            _text(s, m, n), None, None, None, None, EMPTY, "", None, None, "", None, "",
+            healthy, EMPTY,
+        )
 
     cdef object _fallen_record(self, const uchar *s, Py_ssize_t n, Py_ssize_t at, bint truncated):
         cdef bytes raw = b"\n".join(self._pending_lines)
@@ -1225,9 +1508,9 @@ cdef class Decoder:
         message = _text(s, at, n)
         return self._build(
             K_FALLEN, CODE_FALLEN, None, self._pending_pci, <const uchar *>PyBytes_AS_STRING(raw),
-            PyBytes_GET_SIZE(raw), 0, self._pending_time, self._pending_truncated or truncated, "", None,
+            PyBytes_GET_SIZE(raw), NULL, self._pending_time, self._pending_truncated or truncated, "", None,
             "", None, message, None, None, None, None, EMPTY, "", None, None, "", None, device, False,
-            None,
+            EMPTY,
         )
 
     # ---- event assembly ----
@@ -1266,16 +1549,14 @@ cdef class Decoder:
         return found
 
     cdef object _build(self, str kind, str error_code, object xid, str pci, const uchar *s,
-                       Py_ssize_t n, Py_ssize_t start, tuple time, bint truncated, str gpu_uuid,
+                       Py_ssize_t n, Stamp *st, tuple time, bint truncated, str gpu_uuid,
                        object pid, str process, object channel, str message, object gpu_i,
                        object gpu_ci, object location, object link, tuple registers,
                        str recovery_action, object recovery_code, object nvlink5, str severity,
-                       object switch, str device_id, bint healthy, object warning):
-        # s[0:n] is the record; its time stamp is read from s[0:start] unless `time` is given
-        cdef Stamp st
+                       object switch, str device_id, bint healthy, tuple warns):
+        # s[0:n] is the record; its time stamp is `st` (the header's) unless `time` is given
         cdef tuple warnings
         if time is None:
-            _stamp(s, start, &st)
             if st.clock == NONE:
                 ts = None
                 clock = ""
@@ -1288,10 +1569,7 @@ cdef class Decoder:
             ts, clock, time_text = time
         if not gpu_uuid and pci and kind is not K_RESET:
             gpu_uuid = self._uuid_by_pci.get(pci, "")
-        if truncated:
-            warnings = WARN_TRUNCATED_ONLY if warning is None else (W_TRUNCATED, warning)
-        else:
-            warnings = EMPTY if warning is None else (warning,)
+        warnings = (W_TRUNCATED,) + warns if truncated else warns
         classification = self._classification(kind, xid, error_code, recovery_action, recovery_code,
                                               severity, healthy)
         raw = _text(s, 0, n)

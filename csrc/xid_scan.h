@@ -11,7 +11,9 @@
  *
  * Filter: a byte pair that occurs in exactly one anchor ("VR" of NVRM, "Xi" of SXid, "U " of
  * "GPU reset"); every hit is verified with memcmp before it counts, so the filter only decides
- * speed, never results.
+ * speed, never results. An anchor only selects the line to parse: the rules then match at the
+ * start of the line's message alone (after its header), so an anchor anywhere else in the line,
+ * text that a kernel message echoed, decodes to nothing.
  */
 #include <stddef.h>
 #include <string.h>

@@ -10,12 +10,12 @@ from typing import Any
 
 from nvsentinel.node.api.config import ENV_PREFIX, DeviceApiSettings
 from nvsentinel.service.entrypoint import Entrypoint
-from nvsentinel.service.settings import add_arguments, load_settings
+from nvsentinel.service.settings import add_arguments, config_error, load_settings
 
 logger = logging.getLogger(__name__)
 
 NAME = "device-api-server"
-HELP = "serve the node-local Device API (gRPC) over a unix socket and loopback TCP"
+HELP = "serve the node-local Device API (gRPC) over a unix socket (TCP only when asked)"
 DESCRIPTION = "Serve the node-local Device API. Flags > DEVICE_API_* environment > defaults."
 
 
@@ -44,10 +44,12 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel device-api-server") ->
     settings = load_settings(DeviceApiSettings, args, prefix=ENV_PREFIX, prog=prog)
     if settings is None:
         return 2
-    from nvsentinel.node.api.server import DeviceApiServer
+    from nvsentinel.node.api.server import BindError, DeviceApiServer
 
     try:
         asyncio.run(DeviceApiServer(settings, companion=_embedded_nvml(settings)).run())
+    except BindError as exc:  # a flag names a busy port or a socket another server holds
+        return config_error(prog, str(exc))
     except (OSError, RuntimeError) as exc:
         logger.error("cannot start", extra={"kv": {"error": str(exc)}})
         return 1

@@ -50,8 +50,10 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel remediation-agent") ->
         except ValueError as exc:
             logger.error("cannot start", extra={"kv": {"error": str(exc)}})
             return 1
+        reader = kube.via(settings.healthevents_server, settings.healthevents_ca_file) \
+            if settings.healthevents_server else None  # type: ignore[attr-defined]
         agent = RemediationAgent(kube, client, node_name=node, resync_period=settings.resync_period,
-                                 backoff_max=settings.backoff_max)
+                                 backoff_max=settings.backoff_max, read_kube=reader)
         http = RemediationAgentHttp(settings.http_bind_address, settings.health_port, settings.metrics_port,
                                     lambda: agent.ready, agent.metrics)
         try:
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel remediation-agent") ->
             agent.start()
             logger.info("remediation agent started", extra={"kv": {
                 "node": node, "address": client.address, "kube": getattr(kube, "host", ""),
+                "reads": settings.healthevents_server or "api-server",
                 "selector": agent.label_selector, "resync_period": settings.resync_period,
                 "health_port": settings.health_port, "metrics_port": settings.metrics_port}})
             while not done.wait(3600):

@@ -10,8 +10,42 @@ dropped; a line longer than `MAX_LINE_BYTES` is cut to that length (warning `WAR
 line is looked at only if it holds an anchor: `NVRM: `, `SXid (` or `GPU reset executed: ` (or a
 fallen-off-the-bus record is open, below). Text fields are decoded as UTF-8 with `replace`.
 
-Line rules, tried in this order; the first that matches anywhere in the line wins (regex search
-semantics: the leftmost position where the whole rule matches):
+Anchoring: a line is a header and a message
+-------------------------------------------
+Every rule must match at the **start of the message**, never later in it. Kernel messages echo
+text that users control (a tmpfs mount option: `tmpfs: Unknown parameter 'NVRM: Xid (...): 79, …'`,
+a file or device name, a process name), so a rule matched anywhere in the line would let any user
+fake an XID, clear a real fault with a fake `GPU reset executed:` line, or point a PCI id at
+another GPU with a fake `NVRM: GPU at …` line. The driver prints `NVRM: ` (the NVSwitch driver
+`nvidia-nvswitchN: `) at the start of its own messages, and reset tooling logs
+`GPU reset executed: GPU-…` as its whole message, so anchoring keeps every real line.
+
+The header is what log tools print before the message. It is read left to right, each part
+optional and taken only when it fits exactly, and the message starts where it ends:
+
+1. a /dev/kmsg record header `P,SEQ,USEC,FLAGS[,…];` (the message follows at once); or
+2. a level `<P>`, or a `dmesg -x` facility and level (`kern  :warn  : `); then
+3. a syslog time stamp (ISO 8601, or BSD `Aug 30 11:43:09[.ffffff]`) and a space; then, unless a
+   rule starts right there (`dmesg --time-format=iso`), `[HOST ]TAG[[PID]]: `, where a host never
+   ends with `:` and, after an ISO stamp, a tag without a host must be `kernel` (dmesg's ISO lines
+   have no tag, so `input: <device name>: …` there is a kernel message, not a host and a tag); or
+   a `dmesg -T` stamp `[Fri Aug 30 11:43:09 2024] ` (the message follows); or the tag `kernel: `
+   alone; then
+4. a dmesg stamp `[ 1108.858286] ` (`[123] ` too), and after it, when no tag was read,
+   `HOST kernel: ` (`journalctl -o short-monotonic`).
+
+Anything else (another format, leading spaces, a continuation line) leaves the message at the
+line start, where no rule matches. The header also says who wrote the line. The kernel logs with
+facility 0, and user space cannot (the kernel forces LOG_USER on /dev/kmsg writes that ask for
+0). A kmsg header or `<P>` with P ≥ 8, a `dmesg -x` facility other than `kern`, or a syslog tag
+other than `kernel` names user space: the driver rules (1–5) do not apply. P < 8, `kern`, or the
+tag `kernel` names the kernel: the reset rule (6) does not apply, since reset tooling is user
+space and a kernel message that starts with `GPU reset executed:` echoes someone's text (an
+nf_log prefix, say). Plain dmesg lines name no one, and both apply. Syslog files are written by
+syslogd for anyone who can reach /dev/log (`logger -t kernel …`), so a tag there proves nothing;
+/dev/kmsg's facility does.
+
+Line rules, tried in this order at the message start; the first that matches wins:
 
 1. **Xid**: `NVRM: Xid (<pci>[ GPU-I:n][ GPU-CI:n]): <xid>[,] <tail>` → kind `xid`. The tail may
    start with `pid=…,` and `name=…,`; the rest is the message, in which the decoder looks for a
@@ -26,24 +60,30 @@ semantics: the leftmost position where the whole rule matches):
 5. **Fallen (record)**: `NVRM: The NVIDIA GPU <pci>`; if `fallen off the bus` follows in the same
    line (a /dev/kmsg record, where newlines print as `\\x0a`) → kind `fallen_off_bus` at once;
    otherwise the record stays open for the next `FALLEN_OFF_BUS_WINDOW` lines, and the first of
-   them that matches no rule but holds `fallen off the bus` completes it (dmesg prints the record
-   as three lines). `(PCI ID: 10de:26b5)` anywhere in the record is kept.
+   them that matches no rule, is not from user space, and whose message (after the header and
+   any indentation: dmesg indents a record's later lines) starts with `NVRM: ` and holds
+   `fallen off the bus` completes it (dmesg prints the record as three lines). `(PCI ID: 10de:26b5)`
+   anywhere in the record is kept.
 6. **Reset**: `GPU reset executed: GPU-…` → kind `gpu_reset`, healthy unless the rest of the line
    says `success: false` or `fail` (any case).
 
 `<pci>` is `[PCI:][dddd[dddd]:]bb:dd[.f]` (the domain may be absent on old drivers) and is
-normalised to `dddd:bb:dd` (`nvsentinel._xid_types.normalize_pci`).
+normalised to `dddd:bb:dd` (`nvsentinel._xid_types.normalize_pci`). Inside the parentheses of
+rules 1 and 2 it may also be the short form `dddd:bb` (device 00: a GPU is device 0 behind its
+port), or redacted: a mask of 1–32 characters of `0-9a-fA-F:.xX*#?` holding at least one of
+`xX*#?` (`XXXX:XX:XX.X`), `<…>` or `[…]` (1–32 characters inside), or `redacted` in any case. A
+redacted line decodes with `pci=""` and the warning `WARN_PCI_UNKNOWN`; the alternatives are
+tried in that order.
 
-Time stamps are read from the text before the rule's match, first form that fits: a /dev/kmsg
-header `6,1234,5678901,-;` (monotonic); at the line start, after an optional `<N>` level: ISO 8601
-(realtime), BSD syslog `Aug 30 11:43:09` (yearless), `dmesg -T` `[Fri Aug 30 11:43:09 2024]`
-(realtime, read as UTC); else the first `[ 1108.858286]` (monotonic).
+Time stamps come from the header: the first of its stamps that is a real date (kmsg, syslog,
+`dmesg -T`, dmesg, in the order they appear). kmsg is monotonic, ISO 8601 realtime, BSD syslog
+yearless, `dmesg -T` realtime (read as UTC), dmesg monotonic.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from nvsentinel._xid_catalog import Catalog, default_catalog
 from nvsentinel._xid_types import (
@@ -59,6 +99,7 @@ from nvsentinel._xid_types import (
     MAX_LINE_BYTES,
     WARN_154_NO_NAME,
     WARN_154_NO_TARGET,
+    WARN_PCI_UNKNOWN,
     WARN_TRUNCATED,
     Location,
     NvLink5,
@@ -68,20 +109,30 @@ from nvsentinel._xid_types import (
 
 __all__ = ["Decoder", "decode_line"]
 
-# ---- grammar ----
+# ---- grammar: rules (each matched at the message start) ----
 _ANCHOR: Final = re.compile(rb"NVRM: |SXid \(|GPU reset executed: ")
-_PCI: Final = rb"(?:PCI:)?(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})(?:\.[0-9a-fA-F])?"
-_XID: Final = re.compile(
-    rb"NVRM: Xid \(" + _PCI + rb"(?: GPU-I:(\d{1,4}))?(?: GPU-CI:(\d{1,4}))?\): *(\d{1,6})(?!\d),? *"
+_HEXD: Final = rb"[0-9a-fA-F]"
+_PCI: Final = rb"(?:PCI:)?(?:(" + _HEXD + rb"{4,8}):)?(" + _HEXD + rb"{2}):(" + _HEXD + rb"{2})(?:\." + _HEXD + rb")?"
+# inside the parentheses of rules 1 and 2: the full form, the short form, or a redacted id (5 groups)
+_PCI_PAREN: Final = (
+    rb"(?:PCI:)?(?:(?:(" + _HEXD + rb"{4,8}):)?(" + _HEXD + rb"{2}):(" + _HEXD + rb"{2})(?:\." + _HEXD + rb")?"
+    rb"|(" + _HEXD + rb"{4,8}):(" + _HEXD + rb"{2})"
+    rb"|(?=[0-9a-fA-F:.]{0,31}[xX*#?])[0-9a-fA-FxX*#?:.]{1,32}"
+    rb"|<[^<>()]{1,32}>|\[[^\[\]()]{1,32}\]|(?i:redacted))"
 )
-_SXID: Final = re.compile(rb"(?:nvidia-nvswitch(\d{1,4}): )?SXid \(" + _PCI + rb"\): *(\d{1,6})(?!\d),? *")
+_XID: Final = re.compile(
+    rb"NVRM: Xid \(" + _PCI_PAREN + rb"(?: GPU-I:(\d{1,4}))?(?: GPU-CI:(\d{1,4}))?\): *(\d{1,6})(?!\d),? *"
+)
+_SXID: Final = re.compile(rb"(?:nvidia-nvswitch(\d{1,4}): )?SXid \(" + _PCI_PAREN + rb"\): *(\d{1,6})(?!\d),? *")
 _MAPPING: Final = re.compile(rb"NVRM: GPU at " + _PCI + rb": (GPU-[0-9a-fA-F-]{1,64})")
 _FALLEN_LINE_TEXT: Final = b"GPU has fallen off the bus"
 _FALLEN_LINE: Final = re.compile(rb"NVRM: GPU " + _PCI + rb": " + _FALLEN_LINE_TEXT)
 _FALLEN_START: Final = re.compile(rb"NVRM: The NVIDIA GPU " + _PCI)
 _RESET: Final = re.compile(rb"GPU reset executed: (GPU-[0-9a-fA-F-]{1,64})")
 _FALLEN_TEXT: Final = b"fallen off the bus"
+_RECORD_LINE: Final = re.compile(rb"[ \t]*NVRM: ")  # a later line of an open record (dmesg indents it)
 _DEVICE_ID: Final = re.compile(rb"\(PCI ID: ([0-9a-fA-F]{4}:[0-9a-fA-F]{4})\)")
+_DRIVER: Final = b"NVRM: "
 
 _PID_NAME: Final = re.compile(rb"(?:pid=([^,]{0,64})(?:, *|\Z))?(?:name=([^,]{0,256})(?:, *|\Z))?")
 _PID: Final = re.compile(rb"\d{1,10}")
@@ -107,18 +158,29 @@ _SXID_LINK: Final = re.compile(rb"Link (\d{1,4})(?!\d),? *")
 _RESET_FAILED: Final = (b"success: false", b"fail")
 _NVLINK5_XIDS: Final = range(144, 151)
 
-# ---- time stamps ----
+# ---- grammar: the header before the message (module doc, "Anchoring") ----
 _MONTHS: Final = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
-_PRIO: Final = rb"(?:<\d{1,3}>)?"
-_TS_KMSG: Final = re.compile(rb"\d{1,3},\d{1,20},(\d{1,15}),[^;]{0,64};")
+_KMSG: Final = re.compile(rb"(\d{1,3}),\d{1,20},(\d{1,15}),[^;]{0,64};")
+_PRI: Final = re.compile(rb"<(\d{1,3})>")
+_DECODED: Final = re.compile(  # dmesg -x
+    rb"(kern|user|mail|daemon|authpriv|auth|syslog|lpr|news|uucp|cron|ftp|local[0-7]) {0,8}:"
+    rb"(?:emerg|alert|crit|err|warn|notice|info|debug) {0,8}: "
+)
 _TS_ISO: Final = re.compile(
-    _PRIO + rb"((\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?)"
+    rb"((\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?) "
 )
-_TS_BSD: Final = re.compile(_PRIO + rb"(" + _MONTHS + rb" ([ \d]\d) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?)")
+_TS_BSD: Final = re.compile(rb"(" + _MONTHS + rb" ([ \d]\d) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?) ")
 _TS_DMESG_T: Final = re.compile(
-    _PRIO + rb"\[((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) " + _MONTHS + rb" ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4}))\]"
+    rb"\[((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) " + _MONTHS + rb" ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4}))\] ?"
 )
-_TS_DMESG: Final = re.compile(rb"\[ *(\d{1,10})\.(\d{1,9})\]")
+_TS_DMESG: Final = re.compile(rb"\[ *((\d{1,10})(?:\.(\d{1,9}))?)\] ?")
+_TAG: Final = re.compile(rb"([^ :\[\]]{1,64}(?:\[\d{1,10}\])?): ")
+_HOST: Final = re.compile(rb"[^ ]{0,254}[^ :] ")  # a host name never ends with ':' (a tag does)
+_KERNEL_TAG: Final = b"kernel: "
+_KERNEL: Final = b"kernel"
+_RULE_START: Final = re.compile(rb"NVRM: |SXid \(|nvidia-nvswitch\d{1,4}: SXid \(|GPU reset executed: ")
+_USER_FACILITY: Final = 8  # syslog prefix = facility * 8 + level; the kernel's facility is 0
+
 _MONTH_NUMBER: Final = {
     name: i + 1
     for i, name in enumerate(
@@ -130,6 +192,8 @@ _POW10: Final[tuple[int, ...]] = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000,
 
 _Timestamp = tuple[float | None, str, str]
 _NO_TIME: Final[_Timestamp] = (None, "", "")
+# (where the message starts, a part names user space, a part names the kernel, the time stamp)
+_Header = tuple[int, bool, bool, _Timestamp]
 
 
 def _is_leap(year: int) -> bool:
@@ -163,52 +227,114 @@ def _clock_ok(hour: int, minute: int, second: int) -> bool:
     return hour <= 23 and minute <= 59 and second <= 59
 
 
-def _timestamp(prefix: bytes) -> _Timestamp:
-    """Read the time stamp of a line from the text before its rule match (forms in module doc)."""
-    m = _TS_KMSG.match(prefix)
+def _iso_time(m: re.Match[bytes]) -> _Timestamp:
+    year, month, day = int(m.group(2)), int(m.group(3)), int(m.group(4))
+    hour, minute, second = int(m.group(5)), int(m.group(6)), int(m.group(7))
+    if not (_valid_date(year, month, day) and _clock_ok(hour, minute, second)):
+        return _NO_TIME
+    epoch = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    zone = m.group(9)
+    if zone and zone != b"Z":
+        digits = zone[1:].replace(b":", b"")
+        offset = int(digits[:2]) * 3600 + int(digits[2:]) * 60
+        epoch -= offset if zone[:1] == b"+" else -offset
+    return _with_fraction(epoch, m.group(8)), CLOCK_REALTIME, m.group(1).decode("ascii")
+
+
+def _bsd_time(m: re.Match[bytes]) -> _Timestamp:
+    month, day = _MONTH_NUMBER[m.group(2)], int(m.group(3))
+    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    if not (_valid_date(2000, month, day) and _clock_ok(hour, minute, second)):  # 2000: a leap year
+        return _NO_TIME
+    seconds = (_days_from_civil(2000, month, day) - _days_from_civil(2000, 1, 1)) * 86400
+    seconds += hour * 3600 + minute * 60 + second
+    return _with_fraction(seconds, m.group(7)), CLOCK_YEARLESS, m.group(1).decode("ascii")
+
+
+def _dmesg_t_time(m: re.Match[bytes]) -> _Timestamp:
+    month, day, year = _MONTH_NUMBER[m.group(2)], int(m.group(3)), int(m.group(7))
+    hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    if not (_valid_date(year, month, day) and _clock_ok(hour, minute, second)):
+        return _NO_TIME
+    epoch = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    return float(epoch), CLOCK_REALTIME, m.group(1).decode("ascii")
+
+
+def _header(line: bytes) -> _Header:
+    """Read the header of a line (module doc, "Anchoring"): where the message starts, whether a part
+    names user space, whether a part names the kernel, and the time stamp (the first real date
+    among the header's stamps)."""
+    m = _KMSG.match(line)
     if m:
-        usec = int(m.group(1))
-        return usec / 1_000_000, CLOCK_MONOTONIC, f"{usec // 1_000_000}.{usec % 1_000_000:06d}"
-    m = _TS_ISO.match(prefix)
+        usec = int(m.group(2))
+        time = (usec / 1_000_000, CLOCK_MONOTONIC, f"{usec // 1_000_000}.{usec % 1_000_000:06d}")
+        user = int(m.group(1)) >= _USER_FACILITY
+        return m.end(), user, not user, time
+    pos, user, kernel, time, tagged = 0, False, False, _NO_TIME, False
+    m = _PRI.match(line)
     if m:
-        year, month, day = int(m.group(2)), int(m.group(3)), int(m.group(4))
-        hour, minute, second = int(m.group(5)), int(m.group(6)), int(m.group(7))
-        if _valid_date(year, month, day) and _clock_ok(hour, minute, second):
-            epoch = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-            zone = m.group(9)
-            if zone and zone != b"Z":
-                digits = zone[1:].replace(b":", b"")
-                offset = int(digits[:2]) * 3600 + int(digits[2:]) * 60
-                epoch -= offset if zone[:1] == b"+" else -offset
-            return _with_fraction(epoch, m.group(8)), CLOCK_REALTIME, m.group(1).decode("ascii")
-    m = _TS_BSD.match(prefix)
+        pos, user = m.end(), int(m.group(1)) >= _USER_FACILITY
+        kernel = not user
+    else:
+        m = _DECODED.match(line)
+        if m:
+            pos, user = m.end(), m.group(1) != b"kern"
+            kernel = not user
+    m = iso = _TS_ISO.match(line, pos)
     if m:
-        month, day = _MONTH_NUMBER[m.group(2)], int(m.group(3))
-        hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
-        if _valid_date(2000, month, day) and _clock_ok(hour, minute, second):  # 2000: a leap year
-            seconds = (_days_from_civil(2000, month, day) - _days_from_civil(2000, 1, 1)) * 86400
-            seconds += hour * 3600 + minute * 60 + second
-            return _with_fraction(seconds, m.group(7)), CLOCK_YEARLESS, m.group(1).decode("ascii")
-    m = _TS_DMESG_T.match(prefix)
+        time = _iso_time(m)
+    else:
+        m = _TS_BSD.match(line, pos)
+        if m:
+            time = _bsd_time(m)
+    if m:  # a syslog line: [HOST ]TAG: follows, unless the message starts right here (dmesg --time-format=iso)
+        pos = m.end()
+        if _RULE_START.match(line, pos):
+            return pos, user, kernel, time
+        tag = _TAG.match(line, pos)
+        if tag is not None and iso and tag.group(1) != _KERNEL:
+            # dmesg --time-format=iso prints no tag, so `input: <any name>` there is a kernel
+            # message: after an ISO stamp, a tag without a host must be the kernel's
+            tag = None
+        if tag is None:
+            host = _HOST.match(line, pos)
+            tag = _TAG.match(line, host.end()) if host else None
+        if tag:
+            pos, tagged = tag.end(), True
+            if tag.group(1) == _KERNEL:
+                kernel = True
+            else:
+                user = True
+    else:
+        m = _TS_DMESG_T.match(line, pos)
+        if m:
+            return m.end(), user, kernel, _dmesg_t_time(m)
+        if line.startswith(_KERNEL_TAG, pos):
+            pos, tagged, kernel = pos + len(_KERNEL_TAG), True, True
+    m = _TS_DMESG.match(line, pos)
     if m:
-        month, day, year = _MONTH_NUMBER[m.group(2)], int(m.group(3)), int(m.group(7))
-        hour, minute, second = int(m.group(4)), int(m.group(5)), int(m.group(6))
-        if _valid_date(year, month, day) and _clock_ok(hour, minute, second):
-            epoch = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-            return float(epoch), CLOCK_REALTIME, m.group(1).decode("ascii")
-    m = _TS_DMESG.search(prefix)
-    if m:
-        return (
-            _with_fraction(int(m.group(1)), m.group(2)),
-            CLOCK_MONOTONIC,
-            (m.group(1) + b"." + m.group(2)).decode("ascii"),
-        )
-    return _NO_TIME
+        if time is _NO_TIME:
+            time = _with_fraction(int(m.group(2)), m.group(3)), CLOCK_MONOTONIC, m.group(1).decode("ascii")
+        pos = m.end()
+        if not tagged:  # journalctl -o short-monotonic: "[ 1108.858286] HOST kernel: "
+            host = _HOST.match(line, pos)
+            if host and line.startswith(_KERNEL_TAG, host.end()):
+                pos, kernel = host.end() + len(_KERNEL_TAG), True
+    return pos, user, kernel, time
 
 
 def _pci(m: re.Match[bytes], first: int) -> str:
     domain = int(m.group(first), 16) if m.group(first) else 0
     return f"{domain:04x}:{m.group(first + 1).lower().decode()}:{m.group(first + 2).lower().decode()}"
+
+
+def _pci_paren(m: re.Match[bytes], first: int) -> str:
+    """The canonical PCI id of a `_PCI_PAREN` match whose groups start at `first`; "" when redacted."""
+    if m.group(first + 1) is not None:
+        return _pci(m, first)
+    if m.group(first + 3) is not None:  # the short form dddd:bb: device 00
+        return f"{int(m.group(first + 3), 16):04x}:{m.group(first + 4).lower().decode()}:00"
+    return ""
 
 
 def _text(raw: bytes) -> str:
@@ -225,6 +351,16 @@ def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise TypeError(f"expected bytes or str, got {type(data).__name__}")
+
+
+def _record_fallen_text(line: bytes, head: _Header) -> int:
+    """Where `fallen off the bus` is in a later line of an open record, or -1: the line must not
+    be from user space, and its message (after the header and indentation) starts with `NVRM: `."""
+    at, user, _, _ = head
+    if user:
+        return -1
+    m = _RECORD_LINE.match(line, at)
+    return line.find(_FALLEN_TEXT, m.end()) if m else -1
 
 
 class _Pending:
@@ -332,13 +468,14 @@ class Decoder:
             if truncated:
                 line = line[:MAX_LINE_BYTES]
         pending = self._pending
-        event = self._rules(line, truncated)
+        head = _header(line)
+        event = self._rules(line, head, truncated)
         if self._pending is not pending:  # the line opened a new record
             return
         if event is not None:
             out.append(event)
         elif pending is not None:
-            at = line.find(_FALLEN_TEXT)
+            at = _record_fallen_text(line, head)
             if at >= 0:
                 self._pending = None
                 pending.lines.append(line)
@@ -355,57 +492,64 @@ class Decoder:
             if pending.left == 0:
                 self._pending = None
 
-    def _rules(self, line: bytes, truncated: bool) -> XidEvent | None:
-        m = _XID.search(line)
-        if m:
-            return self._xid(line, m, truncated)
-        m = _SXID.search(line)
-        if m:
-            return self._sxid(line, m, truncated)
-        m = _MAPPING.search(line)
-        if m:
-            pci, uuid = _pci(m, 1), m.group(4).decode()
-            self._uuid_by_pci[pci] = uuid
-            self._pci_by_uuid[uuid] = pci
-            return self._event(
-                KIND_PCI_MAPPING, "", None, pci, line, m.start(), truncated, gpu_uuid=uuid
-            )
-        m = _FALLEN_LINE.search(line)
-        if m:
-            message = _text(line[m.end() - len(_FALLEN_LINE_TEXT) :])
-            return self._event(
-                KIND_FALLEN_OFF_BUS, "GPU_FALLEN_OFF_BUS", None, _pci(m, 1), line, m.start(), truncated,
-                message=message,
-            )
-        m = _FALLEN_START.search(line)
-        if m:
-            pci = _pci(m, 1)
-            rest = line[m.end() :]
-            dev = _DEVICE_ID.search(rest)
-            device_id = dev.group(1).lower().decode() if dev else ""
-            at = rest.find(_FALLEN_TEXT)
-            if at >= 0:
-                return self._event(
-                    KIND_FALLEN_OFF_BUS, "GPU_FALLEN_OFF_BUS", None, pci, line, m.start(), truncated,
-                    message=_text(rest[at:]), pci_device_id=device_id,
-                )
-            self._pending = _Pending(pci, _timestamp(line[: m.start()]), line, device_id, truncated)
-            return None
-        m = _RESET.search(line)
+    def _rules(self, line: bytes, head: _Header, truncated: bool) -> XidEvent | None:
+        at, user, kernel, time = head
+        # rules 1-5 are the drivers': never for a line that user space wrote
+        if line.startswith(_DRIVER, at):
+            return None if user else self._driver_rules(line, at, time, truncated)
+        if not user:
+            m = _SXID.match(line, at)
+            if m:
+                return self._sxid(line, m, time, truncated)
+        # rule 6 is reset tooling's: never for a line the kernel printed (it would be echoed text)
+        m = None if kernel else _RESET.match(line, at)
         if m:
             uuid = m.group(1).decode()
             rest = line[m.end() :]
             lowered = rest.lower()
             healthy = not any(word in lowered for word in _RESET_FAILED)
-            return self._event(
-                KIND_GPU_RESET, "GPU_RESET", None, self._pci_by_uuid.get(uuid, ""), line, m.start(), truncated,
+            return self._build(
+                KIND_GPU_RESET, "GPU_RESET", None, self._pci_by_uuid.get(uuid, ""), time, line, truncated,
                 gpu_uuid=uuid, message=_text(rest.lstrip(b", ")), healthy=healthy,
             )
         return None
 
+    def _driver_rules(self, line: bytes, at: int, time: _Timestamp, truncated: bool) -> XidEvent | None:
+        """Rules 1 and 3-5, for a message that starts with `NVRM: ` (rules 2 and 6 cannot match it)."""
+        m = _XID.match(line, at)
+        if m:
+            return self._xid(line, m, time, truncated)
+        m = _MAPPING.match(line, at)
+        if m:
+            pci, uuid = _pci(m, 1), m.group(4).decode()
+            self._uuid_by_pci[pci] = uuid
+            self._pci_by_uuid[uuid] = pci
+            return self._build(KIND_PCI_MAPPING, "", None, pci, time, line, truncated, gpu_uuid=uuid)
+        m = _FALLEN_LINE.match(line, at)
+        if m:
+            message = _text(line[m.end() - len(_FALLEN_LINE_TEXT) :])
+            return self._build(
+                KIND_FALLEN_OFF_BUS, "GPU_FALLEN_OFF_BUS", None, _pci(m, 1), time, line, truncated,
+                message=message,
+            )
+        m = _FALLEN_START.match(line, at)
+        if m:
+            pci = _pci(m, 1)
+            rest = line[m.end() :]
+            dev = _DEVICE_ID.search(rest)
+            device_id = dev.group(1).lower().decode() if dev else ""
+            found = rest.find(_FALLEN_TEXT)
+            if found >= 0:
+                return self._build(
+                    KIND_FALLEN_OFF_BUS, "GPU_FALLEN_OFF_BUS", None, pci, time, line, truncated,
+                    message=_text(rest[found:]), pci_device_id=device_id,
+                )
+            self._pending = _Pending(pci, time, line, device_id, truncated)
+        return None
+
     # ---- rule bodies ----
-    def _xid(self, line: bytes, m: re.Match[bytes], truncated: bool) -> XidEvent:
-        xid = int(m.group(6))
+    def _xid(self, line: bytes, m: re.Match[bytes], time: _Timestamp, truncated: bool) -> XidEvent:
+        xid = int(m.group(8))
         tail = line[m.end() :]
         pn = _PID_NAME.match(tail)
         assert pn is not None  # every group is optional: it always matches
@@ -413,7 +557,8 @@ class Decoder:
         pid = int(pid_raw) if pid_raw is not None and _PID.fullmatch(pid_raw) else None
         process = "" if name_raw is None or name_raw in _UNKNOWN_NAMES else _text(name_raw)
         msg = tail[pn.end() :]
-        warnings: list[str] = []
+        pci = _pci_paren(m, 1)
+        warnings: list[str] = [] if pci else [WARN_PCI_UNKNOWN]
         channel: int | None = None
         location: Location | None = None
         link: int | None = None
@@ -470,16 +615,16 @@ class Decoder:
                     error_status=registers[1],
                 )
                 error_code = f"{xid}.{nv.group(1).decode()}"
-        return self._event(
-            KIND_XID, error_code, xid, _pci(m, 1), line, m.start(), truncated,
+        return self._build(
+            KIND_XID, error_code, xid, pci, time, line, truncated,
             pid=pid, process=process, channel=channel, message=_text(msg),
-            gpu_instance=_opt_int(m.group(4)), compute_instance=_opt_int(m.group(5)), location=location,
+            gpu_instance=_opt_int(m.group(6)), compute_instance=_opt_int(m.group(7)), location=location,
             link=link, registers=registers, recovery_action=recovery_action, recovery_code=recovery_code,
             nvlink5=nvlink5, severity=severity, warnings=warnings,
         )
 
-    def _sxid(self, line: bytes, m: re.Match[bytes], truncated: bool) -> XidEvent:
-        sxid = int(m.group(5))
+    def _sxid(self, line: bytes, m: re.Match[bytes], time: _Timestamp, truncated: bool) -> XidEvent:
+        sxid = int(m.group(7))
         rest = line[m.end() :]
         severity = ""
         link: int | None = None
@@ -491,9 +636,11 @@ class Decoder:
         if lk:
             link = int(lk.group(1))
             rest = rest[lk.end() :]
-        return self._event(
-            KIND_SXID, f"SXID.{sxid}", sxid, _pci(m, 2), line, m.start(), truncated,
+        pci = _pci_paren(m, 2)
+        return self._build(
+            KIND_SXID, f"SXID.{sxid}", sxid, pci, time, line, truncated,
             switch=_opt_int(m.group(1)), severity=severity, link=link, message=_text(rest),
+            warnings=None if pci else [WARN_PCI_UNKNOWN],
         )
 
     def _fallen_record(self, pending: _Pending, line: bytes, at: int, truncated: bool) -> XidEvent:
@@ -509,12 +656,6 @@ class Decoder:
         )
 
     # ---- event assembly ----
-    def _event(
-        self, kind: str, error_code: str, xid: int | None, pci: str, line: bytes, start: int,
-        truncated: bool, **fields: Any,
-    ) -> XidEvent:
-        return self._build(kind, error_code, xid, pci, _timestamp(line[:start]), line, truncated, **fields)
-
     def _build(
         self, kind: str, error_code: str, xid: int | None, pci: str, time: _Timestamp, raw: bytes,
         truncated: bool, *, gpu_uuid: str = "", pid: int | None = None, process: str = "",

@@ -1,5 +1,8 @@
 """Event types shared by both XID decoders (compiled and twin), and the PCI id normaliser.
 
+Every kind is decoded only from a line whose kernel message *starts* with its form (the twin's
+module doc, "Anchoring"): text that a message merely contains is an echo, never an event.
+
 Both `nvsentinel._xid_c` and `nvsentinel._xid_py` build these exact classes, so events from either
 compare equal field by field. Events are `NamedTuple`s: immutable, hashable, cheap to build from C
 (one `tuple.__new__`), `_asdict()` for JSON. Pure data; no I/O, no logging, no catalog lookups.
@@ -26,6 +29,7 @@ __all__ = [
     "WARN_TRUNCATED",
     "WARN_154_NO_TARGET",
     "WARN_154_NO_NAME",
+    "WARN_PCI_UNKNOWN",
     "Location",
     "NvLink5",
     "XidEvent",
@@ -42,7 +46,8 @@ KIND_FALLEN_OFF_BUS: Final = "fallen_off_bus"
 KIND_PCI_MAPPING: Final = "pci_mapping"
 """`NVRM: GPU at PCI:…: GPU-…` — ties a PCI id to a GPU UUID."""
 KIND_GPU_RESET: Final = "gpu_reset"
-"""`GPU reset executed: GPU-…` — written by reset tooling; a recovery signal unless it failed."""
+"""`GPU reset executed: GPU-…` — written by reset tooling (user space: never decoded from a line whose
+header names the kernel); a recovery signal unless it failed."""
 KINDS: Final = (KIND_XID, KIND_SXID, KIND_FALLEN_OFF_BUS, KIND_PCI_MAPPING, KIND_GPU_RESET)
 
 # ---- timestamp clocks ----
@@ -63,6 +68,7 @@ FALLEN_OFF_BUS_WINDOW: Final = 4
 WARN_TRUNCATED: Final = f"line longer than {MAX_LINE_BYTES} bytes was truncated"
 WARN_154_NO_TARGET: Final = "XID 154: no new recovery action ('to ...') in the message"
 WARN_154_NO_NAME: Final = "XID 154: the new recovery action is not a parenthesised name"
+WARN_PCI_UNKNOWN: Final = "the PCI id is redacted: the event names no GPU"
 
 
 class Location(NamedTuple):
@@ -104,7 +110,8 @@ class XidEvent(NamedTuple):
     xid: int | None
     """The XID (or SXid) number: the one right after the parentheses, never one in the message."""
     pci: str
-    """Canonical PCI id `dddd:bb:dd` (lower-case, 4+ digit domain, function dropped) or `""`."""
+    """Canonical PCI id `dddd:bb:dd` (lower-case, 4+ digit domain, function dropped) or `""`: none on
+    the line (a reset line whose UUID no mapping line named), or redacted (`WARN_PCI_UNKNOWN`)."""
     gpu_uuid: str
     """`GPU-…` when the line or an earlier mapping line named it, else `""`."""
     timestamp: float | None

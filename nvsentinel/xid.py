@@ -15,6 +15,13 @@ exported here): the one table of what an XID means and what to do, with site ove
 
 The decoder never raises on input: a line is an event, a best-effort event with `warnings`, or
 nothing.
+
+Every line form is anchored at the start of the kernel message, after the header (kmsg record
+header, `<N>`, syslog stamp and `HOST kernel:`, dmesg stamps): kernel messages echo text that users
+control (`tmpfs: Unknown parameter 'NVRM: Xid (...): 79, ...'`), and such text must fake no XID,
+clear no fault and remap no GPU. The header also names the writer: user space (a kmsg facility
+other than the kernel's, a non-`kernel` syslog tag) cannot log driver lines, and the kernel cannot
+log reset tooling's `GPU reset executed:` line. `nvsentinel._xid_py` ("Anchoring") has the grammar.
 """
 from __future__ import annotations
 

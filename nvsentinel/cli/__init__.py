@@ -21,10 +21,10 @@ logger = logging.getLogger(__name__)
 #: Subcommands, in --help order.
 COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "describe", "watch", "nvml",
                                     "nvml-provider", "kmsg-monitor", "publisher", "remediation-agent", "controllers",
-                                    "breaker", "demo", "status")
+                                    "admission-webhook", "breaker", "demo", "status")
 #: Subcommands that are daemons: their module is `nvsentinel.daemons.<name>`.
 DAEMONS: frozenset[str] = frozenset({"device-api-server", "nvml-provider", "kmsg-monitor", "publisher",
-                                     "remediation-agent", "controllers"})
+                                     "remediation-agent", "controllers", "admission-webhook"})
 
 
 def module_of(command: str) -> str:

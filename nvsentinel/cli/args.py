@@ -25,8 +25,9 @@ def add_address(parser: argparse.ArgumentParser) -> None:
 
 def healthevent_not_found(exc: KubeNotFound, name: str | None) -> str:
     from nvsentinel.policy.healthevent import API_VERSION, PLURAL
+    from nvsentinel.service.sanitize import printable
 
     # a missing object answers a Status naming it; a missing resource type answers a bare 404
     if name is not None and (exc.body.get("details") or {}).get("name") == name:
-        return f'healthevent "{name}" not found'
+        return f'healthevent "{printable(name, 253)}" not found'
     return f"the server has no {PLURAL} ({API_VERSION}): is the HealthEvent CRD installed?"

@@ -22,6 +22,7 @@ loop, not in a thread.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -234,6 +235,27 @@ class Kube:
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None, **kw: Any) -> Kube:
         return cls(load_api_client(kubeconfig, context), **kw)
+
+    def via(self, host: str, ca_file: str) -> Kube:
+        """The same credential (token refresh included) sent to another endpoint that serves part of the API:
+        the remediation agent reads its node's HealthEvents through the node view (docs/security.md)."""
+        cfg = copy.copy(self.api_client.configuration)
+        base = host.rstrip("/")
+        reload = cfg.refresh_api_key_hook
+
+        def refresh(c: Any) -> None:
+            # the kubeconfig and in-cluster loaders' hook re-reads the token and re-sets every field (the host,
+            # the CA, and the hook itself): keep the token, put the endpoint and this hook back
+            nonlocal reload
+            if reload is not None:
+                reload(c)
+            if c.refresh_api_key_hook is not refresh:
+                reload, c.refresh_api_key_hook = c.refresh_api_key_hook, refresh
+            c.host, c.ssl_ca_cert, c.verify_ssl = base, ca_file, True
+
+        cfg.refresh_api_key_hook = refresh
+        cfg.host, cfg.ssl_ca_cert, cfg.verify_ssl = base, ca_file, True
+        return Kube(k8s_client.ApiClient(cfg), flow_control=self.flow, timeout=self.timeout)
 
     @property
     def host(self) -> str:

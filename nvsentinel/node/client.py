@@ -1,4 +1,13 @@
-"""A typed, synchronous Device API client that speaks in library errors, not grpc.RpcError."""
+"""A typed, synchronous Device API client that speaks in library errors, not grpc.RpcError.
+
+`list_gpus` asks ListGpus first; when the server refuses a list for its size or for the bytes of
+lists it is already sending (RESOURCE_EXHAUSTED with `LIST_FALLBACK_KEY`), it lists through a
+fresh watch instead: the server says in the watch's initial metadata how many snapshot events
+come first (`SNAPSHOT_KEY`), and those events, one GPU per message, are the list.
+
+Error details come from the server: they are made printable and bounded before they reach an
+exception, so a log line or a terminal never shows what a server (or a request it echoes) chose.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +19,15 @@ import grpc
 
 from nvsentinel import errors
 from nvsentinel._proto import gpu_pb2, gpu_pb2_grpc
-from nvsentinel.node.endpoints import ADDRESS_ENV, DEFAULT_GRPC_ADDRESS, DEFAULT_UNIX_SOCKET, EPOCH_KEY
+from nvsentinel.node.endpoints import (
+    ADDRESS_ENV,
+    DEFAULT_GRPC_ADDRESS,
+    DEFAULT_UNIX_SOCKET,
+    EPOCH_KEY,
+    LIST_FALLBACK_KEY,
+    SNAPSHOT_KEY,
+)
+from nvsentinel.service.sanitize import printable
 
 __all__ = ["DeviceApiClient", "GpuEvent", "WatchStream", "parse_address", "default_address", "error_from_rpc"]
 
@@ -46,7 +63,7 @@ def default_address() -> str:
 def error_from_rpc(exc: grpc.RpcError, *, streaming: bool = False) -> errors.NvsentinelError:
     """The library error for a gRPC failure (inverse of the server's mapping)."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    detail = printable(exc.details() if hasattr(exc, "details") else exc, 1000)
     message = f"{code.name}: {detail}"
     if code in _RETRYABLE:
         return errors.Unavailable(message)
@@ -65,11 +82,22 @@ class GpuEvent:
     resource_version: int
 
 
-def _epoch(call: Any) -> str:
-    for key, value in call.initial_metadata() or ():
-        if key == EPOCH_KEY:
+def _metadata(call: Any, key: str) -> str:
+    for k, value in call.initial_metadata() or ():
+        if k == key:
             return value
     return ""
+
+
+def _epoch(call: Any) -> str:
+    return _metadata(call, EPOCH_KEY)
+
+
+def _wants_fallback(exc: grpc.RpcError) -> bool:
+    """ListGpus refused for its size or the lists in flight: list through a watch instead."""
+    if not hasattr(exc, "trailing_metadata") or exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return any(k == LIST_FALLBACK_KEY for k, _ in exc.trailing_metadata() or ())
 
 
 class WatchStream:
@@ -145,11 +173,48 @@ class DeviceApiClient:
     def list_gpus(self, *, timeout: float | None = None) -> tuple[int, list[gpu_pb2.Gpu]]:
         """(list resource version, GPUs): watch from that RV to miss nothing.
 
-        `self.server_epoch` is set to the store incarnation the list came from.
+        `self.server_epoch` is set to the store incarnation the list came from. A list the server
+        will not send in one message is read from a fresh watch (see the module docstring).
         """
-        resp, call = self._call(self._stub.ListGpus.with_call, gpu_pb2.ListGpusRequest(), timeout)
+        try:
+            resp, call = self._stub.ListGpus.with_call(gpu_pb2.ListGpusRequest(),
+                                                       timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            if _wants_fallback(exc):
+                return self._list_by_watch(self.timeout if timeout is None else timeout)
+            raise error_from_rpc(exc) from exc
         self.server_epoch = _epoch(call)
         return int(resp.gpu_list.metadata.resource_version or 0), list(resp.gpu_list.items)
+
+    def _list_by_watch(self, timeout: float) -> tuple[int, list[gpu_pb2.Gpu]]:
+        """The snapshot of a fresh watch, as a list: its RV and the GPUs, oldest change first."""
+        call = self._stub.WatchGpus(gpu_pb2.WatchGpusRequest(opts=gpu_pb2.ListOptions()), timeout=timeout)
+        try:
+            count, _, rv = _metadata(call, SNAPSHOT_KEY).partition(" ")
+            if not count.isascii() or not count.isdigit() or not rv.isascii() or not rv.isdigit():
+                raise errors.Unavailable("the server sent no watch snapshot size; cannot list through a watch")
+            gpus: dict[str, gpu_pb2.Gpu] = {}
+            last = int(rv)
+            left = int(count)
+            for resp in call if left else ():
+                if resp.type == "BOOKMARK":
+                    continue
+                if resp.type == "DELETED":
+                    gpus.pop(resp.object.metadata.name, None)
+                else:
+                    gpus[resp.object.metadata.name] = resp.object
+                last = max(last, resp.object.resource_version)
+                left -= 1
+                if not left:
+                    break
+            if left:
+                raise errors.Unavailable(f"the watch ended {left} events before its snapshot did")
+            self.server_epoch = _epoch(call)
+            return last, list(gpus.values())
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        finally:
+            call.cancel()
 
     def create_gpu(self, gpu: gpu_pb2.Gpu, *, timeout: float | None = None) -> tuple[gpu_pb2.Gpu, bool]:
         resp = self._call(self._stub.CreateGpu, gpu_pb2.CreateGpuRequest(gpu=gpu), timeout)

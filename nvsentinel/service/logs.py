@@ -15,8 +15,8 @@ __all__ = ["configure_logging", "KeyValueFormatter", "JsonFormatter"]
 
 def _quote(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' ="\n'):
-        return json.dumps(text)
+    if not text or any(c in text for c in ' ="\n') or not text.isprintable():
+        return json.dumps(text)  # escapes control characters: a value cannot forge a line or a terminal sequence
     return text
 
 

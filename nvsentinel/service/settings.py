@@ -6,17 +6,27 @@ help, unit). `add_arguments` turns them into argparse flags whose default is "no
 else the dataclass default, converts it to the field's type and runs the class's `validate()`.
 Errors are `ValueError`s naming the flag and the environment variable, so the daemon can print
 one clear line and exit 2.
+
+Numbers are parsed strictly, once, here: integers are ASCII (Python's `int()` also takes other
+scripts' digits and "1_0"), floats must be finite (an `inf` timeout or interval reaches code that
+multiplies or sleeps on it), and permission modes (`setting(..., octal=True)`) are read as octal
+("0660", "660" or "0o660") and shown that way in `--help`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["setting", "add_arguments", "resolve", "load_settings", "check_logging", "env_name", "SettingsError"]
+from nvsentinel.service.sanitize import printable
+
+__all__ = ["setting", "add_arguments", "resolve", "load_settings", "check_logging", "check_range", "env_name",
+           "config_error", "SettingsError"]
 
 T = TypeVar("T")
 _UNSET: Any = object()
@@ -26,9 +36,14 @@ class SettingsError(ValueError):
     """A setting failed to parse or validate; the message names the flag and the env variable."""
 
 
-def setting(default: Any, *, help: str, flag: str | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field for a daemon setting (`help` says the unit and why the default)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
+def setting(default: Any, *, help: str, flag: str | None = None, metavar: str | None = None,
+            octal: bool = False) -> Any:
+    """A dataclass field for a daemon setting (`help` says the unit and why the default).
+
+    `octal=True` (an int field holding permission bits): parsed and shown in octal.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar,
+                                                         "octal": octal})
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -46,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
         if "help" not in field.metadata:
             continue
         kind = hints[field.name]
-        text = f"{field.metadata['help']} [env {env_name(prefix, field)}; default {field.default!r}]"
+        default = f"{field.default:#05o}".replace("0o", "0") if field.metadata.get("octal") else repr(field.default)
+        text = f"{field.metadata['help']} [env {env_name(prefix, field)}; default {default}]"
         if kind is bool:
             parser.add_argument(_flag(field), dest=field.name, default=_UNSET,
                                 action=argparse.BooleanOptionalAction, help=text)
@@ -55,7 +71,35 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
                                 metavar=field.metadata.get("metavar"), help=text)
 
 
-def _convert(kind: Any, raw: Any, where: str) -> Any:
+_INT = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|[0-9]+)")
+_OCTAL = re.compile(r"(?:0[oO])?[0-7]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _integer(text: str, octal: bool) -> int:
+    if octal:
+        if not _OCTAL.fullmatch(text):
+            raise ValueError(f"expected an octal mode such as 0660, got {text!r}")
+        return int(text.lower().removeprefix("0o"), 8)
+    if not _INT.fullmatch(text):
+        raise ValueError(f"expected an integer, got {text!r}")
+    digits = text.lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit() and digits.strip("0"):
+        # "0660": decimal 660 or octal 0o660? Refused rather than guessed (only modes are octal)
+        raise ValueError(f"expected an integer without a leading 0 (or 0o… for octal), got {text!r}")
+    return int(text, 0)
+
+
+def _float(text: str) -> float:
+    if not _FLOAT.fullmatch(text):  # refuses inf, nan and non-ASCII digits alike
+        raise ValueError(f"expected a finite number, got {text!r}")
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _convert(kind: Any, raw: Any, where: str, octal: bool = False) -> Any:
     if not isinstance(raw, str):
         return raw
     text = raw.strip()
@@ -68,15 +112,16 @@ def _convert(kind: Any, raw: Any, where: str) -> Any:
                 return False
             raise ValueError(f"expected true or false, got {raw!r}")
         if kind is int:
-            return int(text, 0)
+            return _integer(text, octal)
         if kind is float:
-            return float(text)
+            return _float(text)
         if typing.get_origin(kind) is tuple:  # tuple[int, ...]: comma-separated
             item = typing.get_args(kind)[0]
-            return tuple(item(p.strip()) for p in text.split(",") if p.strip())
+            parse = {int: lambda p: _integer(p, False), float: _float}.get(item, item)
+            return tuple(parse(p.strip()) for p in text.split(",") if p.strip())
         return raw
     except ValueError as exc:
-        raise SettingsError(f"{where}: {exc}") from None
+        raise SettingsError(f"{where}: {printable(exc, 500)}") from None
 
 
 def resolve(cls: type[T], args: argparse.Namespace | None, environ: Mapping[str, str] | None = None, *, prefix: str) -> T:
@@ -89,10 +134,11 @@ def resolve(cls: type[T], args: argparse.Namespace | None, environ: Mapping[str,
             continue
         flag, env = _flag(field), env_name(prefix, field)
         given = getattr(args, field.name, _UNSET) if args is not None else _UNSET
+        octal = bool(field.metadata.get("octal"))
         if given is not _UNSET:
-            values[field.name] = _convert(hints[field.name], given, flag)
+            values[field.name] = _convert(hints[field.name], given, flag, octal)
         elif env in environ:
-            values[field.name] = _convert(hints[field.name], environ[env], env)
+            values[field.name] = _convert(hints[field.name], environ[env], env, octal)
     settings = cls(**values)
     validate = getattr(settings, "validate", None)
     if validate is not None:
@@ -101,7 +147,7 @@ def resolve(cls: type[T], args: argparse.Namespace | None, environ: Mapping[str,
         except SettingsError:
             raise
         except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+            raise SettingsError(printable(exc, 500)) from None
     return settings
 
 
@@ -110,17 +156,33 @@ def load_settings(cls: type[T], args: argparse.Namespace, *, prefix: str, prog: 
 
     On a bad setting, one line naming it goes to stderr and None comes back: the daemon exits 2.
     """
-    import sys
-
     from nvsentinel.service.logs import configure_logging
 
     try:
         settings = resolve(cls, args, prefix=prefix)
     except SettingsError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        config_error(prog, str(exc))
         return None
     configure_logging(settings.log_format, settings.log_level)  # type: ignore[attr-defined]
     return settings
+
+
+def config_error(prog: str, message: str) -> int:
+    """Say what is wrong with the configuration, on one line of stderr; returns 2, the exit status."""
+    import sys
+
+    print(f"{prog}: error: {printable(message, 500)}", file=sys.stderr)
+    return 2
+
+
+def check_range(flag: str, value: float, low: float, high: float, unit: str = "") -> None:
+    """ValueError naming `flag` unless `low <= value <= high` (an upper bound keeps a typo from
+    reaching a C library, a gRPC option or a sleep loop as an absurd number)."""
+    if not low <= value <= high:
+        def num(v: float) -> str:
+            return str(v) if isinstance(v, int) else f"{v:g}"
+
+        raise ValueError(f"{flag} must be between {num(low)} and {num(high)}{unit}, got {num(value)}")
 
 
 def check_logging(log_format: str, log_level: str) -> None:

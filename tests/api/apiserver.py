@@ -126,15 +126,19 @@ class SubprocessServer:
         return f"unix://{self.unix_socket}"
 
     @classmethod
-    def start(cls, sock_dir: str, *flags: str, tcp_port: int = 0, timeout: float = 20) -> SubprocessServer:
+    def start(cls, sock_dir: str, *flags: str, tcp_port: int = 0, timeout: float = 20,
+              env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> SubprocessServer:
+        """Start the daemon (later flags override the defaults here, e.g. `--grpc-address ""`;
+        `prefix` runs it under another command, e.g. `unshare`)."""
         sock = os.path.join(sock_dir, "device.sock")
         cmd = [
-            sys.executable, "-m", "nvsentinel.daemons.device_api_server",
+            *prefix, sys.executable, "-m", "nvsentinel.daemons.device_api_server",
             "--grpc-address", f"127.0.0.1:{tcp_port}", "--unix-socket", sock,
             "--health-port", "0", "--metrics-port", "0", "--shutdown-delay", "0.3",
             "--watch-burst", "1000", *flags,
         ]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         log: list[str] = []
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -143,8 +147,9 @@ class SubprocessServer:
                 break
             log.append(line)
             if "msg=listening" in line:
-                ports = dict(re.findall(r"(\w+_port)=(\d+)", line))
-                server = cls(proc, int(ports["grpc_port"]), int(ports["health_port"]), int(ports["metrics_port"]), sock, log)
+                ports = dict(re.findall(r"(\w+_port)=(\d+)", line))  # grpc_port=- : no TCP listener
+                server = cls(proc, int(ports.get("grpc_port", 0)), int(ports["health_port"]), int(ports["metrics_port"]),
+                             sock, log)
                 server._pumper = threading.Thread(target=server._pump, daemon=True)
                 server._pumper.start()
                 return server
@@ -184,3 +189,28 @@ def temp_socket_dir():
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def take(stream, n, timeout=10):
+    """The next n events of a WatchStream (fails the test on timeout)."""
+    out = []
+    failure = []
+    done = threading.Event()
+
+    def run():
+        try:
+            for ev in stream:
+                out.append(ev)
+                if len(out) == n:
+                    break
+        except Exception as exc:  # handed to the test thread
+            failure.append(exc)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not done.wait(timeout):
+        stream.cancel()
+        raise AssertionError(f"got {len(out)} of {n} events: {[(e.type, e.resource_version) for e in out]}")
+    if failure:
+        raise failure[0]
+    return out

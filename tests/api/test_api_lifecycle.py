@@ -125,14 +125,14 @@ def test_settings_precedence_and_validation():
     env = {"DEVICE_API_HEALTH_PORT": "9000", "DEVICE_API_METRICS_PORT": "9100", "DEVICE_API_NVML_IGNORED_XIDS": "13, 31"}
     s = resolve(DeviceApiSettings, parser.parse_args(["--health-port", "7000"]), env, prefix=ENV_PREFIX)
     assert (s.health_port, s.metrics_port, s.nvml_ignored_xids) == (7000, 9100, (13, 31))
-    assert s.grpc_address == "127.0.0.1:50051" and s.unix_socket == "/var/run/device-api/device.sock"
+    assert s.grpc_address == "" and s.unix_socket == "/var/run/device-api/device.sock"  # no TCP by default
     assert s.socket_mode == 0o660
     assert resolve(DeviceApiSettings, parser.parse_args(["--grpc-address", ""]), {}, prefix=ENV_PREFIX).grpc_address == ""
     for argv, env, match in [
         (["--grpc-address", "", "--unix-socket", ""], {}, "nothing to listen on"),
         (["--grpc-address", "0.0.0.0"], {}, "--grpc-address must be host:port"),
         ([], {"DEVICE_API_SHUTDOWN_TIMEOUT": "soon"}, "DEVICE_API_SHUTDOWN_TIMEOUT"),
-        (["--health-port", "70000"], {}, "--health-port must be 0..65535"),
+        (["--health-port", "70000"], {}, "--health-port must be between 0 and 65535"),
         (["--unix-socket", "relative.sock"], {}, "absolute path"),
         ([], {"DEVICE_API_ENABLE_NVML_PROVIDER": "maybe"}, "expected true or false"),
         (["--log-format", "xml"], {}, "--log-format"),

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import grpc
 import pytest
+from apiserver import take
 from gpus import gpu, gpu_name, status
 
 from nvsentinel import errors
@@ -14,31 +14,6 @@ from nvsentinel._proto import gpu_pb2, gpu_pb2_grpc
 from nvsentinel.node.client import DeviceApiClient
 
 A, B, C = gpu_name(1), gpu_name(2), gpu_name(3)
-
-
-def take(stream, n, timeout=10):
-    """The next n events of a WatchStream (fails the test on timeout)."""
-    out = []
-    failure = []
-    done = threading.Event()
-
-    def run():
-        try:
-            for ev in stream:
-                out.append(ev)
-                if len(out) == n:
-                    break
-        except Exception as exc:  # handed to the test thread
-            failure.append(exc)
-        done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    if not done.wait(timeout):
-        stream.cancel()
-        raise AssertionError(f"got {len(out)} of {n} events: {[(e.type, e.resource_version) for e in out]}")
-    if failure:
-        raise failure[0]
-    return out
 
 
 def test_fresh_watch_then_live(client):
@@ -120,7 +95,7 @@ def test_idle_watchers_get_bookmarks(make_server):
 
 def test_slow_watcher_is_evicted_while_255_others_stay_gap_free(make_server):
     """Verify one watcher that stops reading is evicted (RESOURCE_EXHAUSTED) and 255 others see every event."""
-    server = make_server(watch_buffer=64, max_watchers=256)
+    server = make_server(watch_buffer=64, max_watchers=256, max_watchers_per_peer=256)  # one peer: this process
     server.run_sync(server.store.create, gpu(A))
     updates = 600
     statuses = []

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from gpus import gpu, gpu_name
+from gpus import gpu, gpu_name, status
 
 A, B = gpu_name(1), gpu_name(2)
 
@@ -72,3 +72,124 @@ def test_watch_gpus_prints_events(populated):
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+ANSI = "\x1b[2J\x1b[31mPWNED\x1b[0m\x1b]8;;http://evil\x07link\x1b]8;;\x07\rover\x9b1m"
+
+
+def gpu_with_escapes(name):
+    g = gpu(name, conditions=(("Ready\x1b[5m", "False"),), action="RESTART_BM" + ANSI)
+    g.status.conditions[0].reason = "Xid79" + ANSI
+    g.status.conditions[0].message = "fallen off the bus" + ANSI * 50
+    return g
+
+
+def test_get_and_watch_clean_escapes_from_gpu_fields(server):
+    """Verify a GPU whose action, condition type, reason and message carry ANSI escapes prints as plain
+    text in `get gpus` (table and wide), `get gpu` and `watch gpus`: no ESC or other control character
+    reaches the terminal, while json keeps the exact value (escaped by JSON)."""
+    server.run_sync(server.store.create, gpu_with_escapes(A))
+    for args in (("get", "gpus"), ("get", "gpus", "-o", "wide"), ("get", "gpu", A)):
+        out = cli(*args, "--address", server.unix)
+        assert out.returncode == 0, out.stderr
+        assert "\x1b" not in out.stdout and "\r" not in out.stdout and "\x9b" not in out.stdout, repr(out.stdout)
+        assert "RESTART_BMPWNED" in out.stdout  # the text survives, the escapes do not
+    doc = json.loads(cli("get", "gpu", A, "-o", "json", "--address", server.unix).stdout)
+    assert doc["status"]["recommendedAction"] == "RESTART_BM" + ANSI
+    proc = subprocess.Popen([sys.executable, "-m", "nvsentinel", "watch", "gpus", "--address", server.unix],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ADDED") and A in line
+        assert "\x1b" not in line and "\r" not in line.rstrip("\n") and "PWNED" in line
+        assert len(line) < 600  # the 50-fold message is cut, not echoed whole
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_healthevent_views_clean_escapes():
+    """Verify `get healthevents` (table, wide) and `describe healthevent` output of a HealthEvent and an
+    Event carrying ANSI escapes, newlines and a 100 KB message is plain and bounded."""
+    import datetime as dt
+
+    from nvsentinel.cli.views import display
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    obj = {
+        "metadata": {"name": "node-a-gpu0-xid79", "creationTimestamp": "2025-12-31T23:00:00Z",
+                     "labels": {"team": "gpu" + ANSI}, "annotations": {"note" + ANSI: "x"}},
+        "spec": {"nodeName": "node-a" + ANSI, "source": "kmsg", "isFatal": True, "recommendedAction": "RESTART_BM",
+                 "message": "line one" + ANSI + "\nline two\x07" + "m" * 100_000, "errorCodes": ["79" + ANSI],
+                 "entitiesImpacted": [{"type": "GPU", "value": "GPU-1" + ANSI}]},
+        "status": {"phase": "Quarantined" + ANSI,
+                   "conditions": [{"type": "NodeQuarantined", "status": "True", "reason": "Cordoned" + ANSI,
+                                   "message": "m" + ANSI, "lastTransitionTime": "2025-12-31T23:00:01Z"}]},
+    }
+    event = {"type": "Warning", "reason": "Cordoned" + ANSI, "message": "cordoned" + ANSI, "count": "x" + ANSI,
+             "lastTimestamp": "2025-12-31T23:00:02Z", "source": {"component": "nvsentinel" + ANSI}}
+    outputs = [display.render_table([obj], now), display.render_table([obj], now, wide=True),
+               display.describe(obj, [event], now)]
+    for text in outputs:
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\x9b" not in text, repr(text[:500])
+        assert "PWNED" in text
+        assert max(len(line) for line in text.splitlines()) < 5000  # the 100 KB message is cut
+    described = outputs[2]
+    assert "line one" in described and "line two" in described  # its own line breaks are kept
+
+
+def test_watch_gpus_reconnects_after_a_server_restart(sock_dir):
+    """Verify `watch gpus` survives its server stopping and a new one starting on the same socket: it
+    says so on stderr, relists (the GPU the new server lacks is DELETED, its new one ADDED) and keeps
+    printing the new server's live events."""
+    import queue
+    import threading
+
+    from apiserver import SubprocessServer
+
+    from nvsentinel.node.client import DeviceApiClient
+
+    server = SubprocessServer.start(sock_dir, "--grpc-address", "")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nvsentinel", "watch", "gpus", "-o", "json", "--address", server.unix],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    notices: list[str] = []
+    readers = [threading.Thread(target=lambda: [lines.put(json.loads(x)) for x in proc.stdout], daemon=True),
+               threading.Thread(target=lambda: [notices.append(x) for x in proc.stderr], daemon=True)]
+    for r in readers:
+        r.start()
+
+    def next_event():
+        return lines.get(timeout=60)
+
+    try:
+        with DeviceApiClient(server.unix) as c:
+            c.create_gpu(gpu(A))
+        first = next_event()
+        assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", A)
+        assert server.terminate() == 0
+        server.close()
+
+        server = SubprocessServer.start(sock_dir, "--grpc-address", "")  # the same socket, a new store
+        with DeviceApiClient(server.unix) as c:
+            c.create_gpu(gpu(B))
+            relisted = {(e["type"], e["object"]["metadata"]["name"]) for e in (next_event(), next_event())}
+            assert relisted == {("DELETED", A), ("ADDED", B)}
+            c.update_gpu_status(B, status(("Ready", "False")))
+            live = next_event()
+        assert (live["type"], live["object"]["metadata"]["name"]) == ("MODIFIED", B)
+        assert live["object"]["status"]["conditions"][0]["status"] == "False"
+        assert proc.poll() is None  # still following
+        assert any(n.startswith("watch: connection lost") for n in notices), notices
+        assert any("relisted" in n for n in notices), notices
+        assert all(n.startswith("watch: ") for n in notices), notices  # one-line notices, no traceback
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for r in readers:
+            r.join(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        server.close()

@@ -85,7 +85,7 @@ def test_job_body_is_pinned_privileged_host_pid_owned_and_tolerant() -> None:
     pod = body["spec"]["template"]["spec"]
     assert body["metadata"]["name"] == logic.job_name("ev-1", 2) and body["metadata"]["namespace"] == "nvs"
     assert pod["nodeName"] == "n1" and pod["hostPID"] and pod["tolerations"] == [{"operator": "Exists"}]
-    assert pod["containers"][0]["securityContext"] == {"privileged": True}
+    assert pod["containers"][0]["securityContext"] == {"privileged": True, "runAsUser": 0}
     assert pod["containers"][0]["command"] == CFG.reboot_argv and body["spec"]["backoffLimit"] == 0
     assert pod["automountServiceAccountToken"] is False
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-ev-1"

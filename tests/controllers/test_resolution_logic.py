@@ -20,12 +20,13 @@ DEDICATED = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
 
 
 def event(name: str, *, gpus: tuple[str, ...] = ("GPU-a",), healthy: bool = False, at: int = 0,
-          phase: Phase = Phase.QUARANTINED, node: str = "n1") -> HealthEvent:
+          phase: Phase = Phase.QUARANTINED, node: str = "n1", created: int | None = None) -> HealthEvent:
     spec = HealthEventSpec(source="test", node_name=node, component_class="GPU", check_name="xid-error-check",
                            is_fatal=not healthy, is_healthy=healthy, detected_at=T0 + dt.timedelta(seconds=at),
                            entities_impacted=tuple(Entity("GPU", g) for g in gpus) + (Entity("PCI", "0000:01"),))
     return HealthEvent(name=name, spec=spec, status=HealthEventStatus(phase=phase), generation=2,
-                       resource_version="9")
+                       resource_version="9",
+                       creation_timestamp=None if created is None else T0 + dt.timedelta(seconds=created))
 
 
 def node(*, by_us: bool | None = True, unschedulable: bool = True, taints: list | None = None,
@@ -49,13 +50,41 @@ def node(*, by_us: bool | None = True, unschedulable: bool = True, taints: list 
     (event("f", at=5), event("h", healthy=True, at=1), False),                # fault newer than the recovery
     (event("f"), event("h", healthy=True, at=1, gpus=("GPU-b",)), False),     # another GPU
     (event("f", gpus=("GPU-a", "GPU-b")), event("h", healthy=True, at=1, gpus=("GPU-b",)), True),
-    (event("f"), event("h", healthy=True, at=1, gpus=()), True),              # no GPU entity: the whole node
+    (event("f"), event("h", healthy=True, at=1, gpus=()), False),             # no GPU entity: not by default
     (event("f", gpus=()), event("h", healthy=True, at=1), False),             # a GPU recovery; fault names none
     (event("f"), event("h", healthy=True, at=1, node="n2"), False),           # another node
     (event("f"), event("h2", at=1), False),                                   # not healthy
 ])
 def test_answers(fatal: HealthEvent, healthy: HealthEvent, expected: bool) -> None:
     assert logic.answers(healthy, fatal) is expected
+
+
+def test_a_healthy_event_naming_no_gpu_clears_the_node_only_where_the_operator_allows_it() -> None:
+    fatal, vague = event("f"), event("h", healthy=True, at=1, gpus=())
+    assert not logic.answers(vague, fatal)
+    assert logic.answers(vague, fatal, nodewide=True)
+    assert logic.plan_resolutions([fatal, vague]) == []
+    assert [r.healthy.name for r in logic.plan_resolutions([fatal, vague], nodewide=True)] == ["h"]
+
+
+@pytest.mark.parametrize(("healthy_at", "healthy_created", "expected"), [
+    (10**9, 0, False),      # dated 2099-ish, created before the fault: clamped to creation + 60 s < fault
+    (10**9, 200, True),     # dated in the future but created after the fault: a real (later) recovery
+    (120, 50, False),       # a node clock 70 s ahead: clamped to 110 s, before the fault at 115 s
+    (120, 100, True),       # within the skew: believed
+])
+def test_detected_at_is_clamped_to_creation_plus_skew(healthy_at: int, healthy_created: int, expected: bool) -> None:
+    """A future detectedAt (a lie, or a node clock ahead) cannot date a recovery after a later fault."""
+    fatal = event("f", at=115, created=115)
+    healthy = event("h", healthy=True, at=healthy_at, created=healthy_created)
+    assert logic.answers(healthy, fatal) is expected
+    assert bool(logic.plan_resolutions([fatal, healthy])) is expected
+
+
+def test_observed_at_without_a_creation_time_is_detected_at() -> None:
+    ev = event("f", at=10**6)
+    assert logic.observed_at(ev) == ev.spec.detected_at
+    assert logic.observed_at(event("g", at=10**6, created=0)) == T0 + logic.DEFAULT_SKEW
 
 
 def test_plan_resolves_only_open_fatal_events_of_the_named_gpu() -> None:

@@ -119,12 +119,14 @@ ALL_FEATURES: dict[str, Any] = {
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
         "maxUnavailable": "10%",
-        "deviceApiServer": {"grpcAddress": "127.0.0.1:50051", "extraArgs": ["--max-watchers=512"]},
+        "deviceApiServer": {"grpcAddress": "0.0.0.0:50051", "allowRemoteGrpc": True, "extraArgs": ["--max-watchers=512"]},
         "nvmlProvider": {"mountDriverRoot": True, "ignoredXids": [13, 43], "privileged": True,
                          "resetCommand": "", "extraArgs": ["--wait-timeout-ms=1000"]},
-        "kmsgMonitor": {"ignoredXids": [31], "privileged": False, "extraArgs": ["--dedup-window=10"]},
+        "kmsgMonitor": {"ignoredXids": [31], "source": "kmsg", "extraArgs": ["--dedup-window=10"]},
         "publisher": {"debounce": 2.5, "kubeQps": 5, "kubeBurst": 10, "extraArgs": ["--conditions=NvmlHealthy"]},
     },
+    # the test API server routes nothing to the webhook's Service: Ignore keeps creates working after install
+    "admission": {"maxClockSkewSeconds": 30, "webhook": {"replicas": 3, "failurePolicy": "Ignore"}},
     "remediationAgent": {"resyncPeriod": 60, "podAnnotations": {"c": "d"}, "extraArgs": ["--backoff-max=10"]},
     "controllers": {
         "replicas": 3, "leaderElect": True, "workers": 8, "kubeQps": 100, "kubeBurst": 200,

@@ -11,6 +11,8 @@ import pytest
 from helmchart import ALL_FEATURES, CONTROLLERS, Helm, by_kind, containers
 
 from nvsentinel.cli import build_parser
+from nvsentinel.cluster.admission.config import ENV_PREFIX as ADMISSION_PREFIX
+from nvsentinel.cluster.admission.config import AdmissionSettings
 from nvsentinel.cluster.settings import ControllersSettings
 from nvsentinel.cluster.settings import ENV_PREFIX as CONTROLLERS_PREFIX
 from nvsentinel.daemons.controllers import CONTROLLER_CONFIGS
@@ -34,6 +36,7 @@ SETTINGS: dict[str, list[tuple[type, str]]] = {
     "kmsg-monitor": [(KmsgMonitorSettings, KMSG_PREFIX)],
     "publisher": [(PublisherSettings, PUBLISHER_PREFIX)],
     "remediation-agent": [(RemediationAgentSettings, AGENT_PREFIX)],
+    "admission-webhook": [(AdmissionSettings, ADMISSION_PREFIX)],
     "controllers": [(ControllersSettings, CONTROLLERS_PREFIX)]
                    + [(cls, CONTROLLERS_PREFIX) for cls in CONTROLLER_CONFIGS.values()],
 }
@@ -193,17 +196,24 @@ def test_node_daemonset(rendered: list[dict[str, Any]]) -> None:
         assert flags(cs[name])["--address"] == "unix:///var/run/nvsentinel/device.sock"
         assert flags(cs[name])["--node-name"] == DOWNWARD["spec.nodeName"]
     for name, c in cs.items():
-        assert {"name": "socket-dir", "mountPath": "/var/run/nvsentinel"} in c["volumeMounts"], name
+        # only the server may write the socket's directory: a client that could would squat the socket path
+        mount = {"name": "socket-dir", "mountPath": "/var/run/nvsentinel"}
+        if name != "device-api-server":
+            mount["readOnly"] = True
+        assert mount in c["volumeMounts"], name
     nvidia = {n: {e["name"]: e.get("value") for e in c["env"] if e["name"].startswith("NVIDIA_")}
               for n, c in cs.items()}
     assert nvidia == {"device-api-server": {}, "nvml-provider": {"NVIDIA_VISIBLE_DEVICES": "all",
                       "NVIDIA_DRIVER_CAPABILITIES": "utility"}, "kmsg-monitor": {}, "publisher": {}}
-    # the kernel log: the host's /dev/kmsg, read-only, with what reading it takes; a host cursor file
-    assert volumes["kmsg"]["hostPath"] == {"path": "/dev/kmsg", "type": "CharDevice"}
+    # the kernel log: syslog(2), no device, not privileged, CAP_SYSLOG only; a host cursor file
     kmsg = cs["kmsg-monitor"]
-    assert {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True} in kmsg["volumeMounts"]
-    assert kmsg["securityContext"]["privileged"] is True
-    assert flags(kmsg)["--source"] == "/dev/kmsg"
+    assert "kmsg" not in volumes
+    assert not [m for m in kmsg["volumeMounts"] if m["mountPath"].startswith("/dev")]
+    assert flags(kmsg)["--source"] == "syslog"
+    assert kmsg["securityContext"] == {"runAsUser": 0, "runAsGroup": 65522, "allowPrivilegeEscalation": False,
+                                       "readOnlyRootFilesystem": True,
+                                       "capabilities": {"drop": ["ALL"], "add": ["SYSLOG"]}}
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert flags(kmsg)["--state-file"] == "/var/lib/nvsentinel/kmsg-monitor.json"
     assert volumes["kmsg-state"]["hostPath"]["path"] == "/var/lib/nvsentinel"
     # nobody else is privileged or keeps a capability
@@ -215,11 +225,26 @@ def test_node_daemonset(rendered: list[dict[str, Any]]) -> None:
         assert _probe_ports(cs[name]) == {int(flags(cs[name])["--health-port"])}
 
 
-def test_unprivileged_kmsg_monitor_keeps_only_syslog(helm: Helm) -> None:
-    ds = by_kind(helm.render(sets=["node.kmsgMonitor.privileged=false"]), "DaemonSet")["nvs-node"]
-    (kmsg,) = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "kmsg-monitor"]
-    assert kmsg["securityContext"]["privileged"] is False
-    assert kmsg["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
+def test_kmsg_monitor_device_mode_is_privileged(helm: Helm) -> None:
+    """node.kmsgMonitor.source=kmsg: the old way, /dev/kmsg mounted and the container privileged
+    (runtimes admit the device to privileged containers only)."""
+    ds = by_kind(helm.render(sets=["node.kmsgMonitor.source=kmsg"]), "DaemonSet")["nvs-node"]
+    spec = ds["spec"]["template"]["spec"]
+    (kmsg,) = [c for c in spec["containers"] if c["name"] == "kmsg-monitor"]
+    assert flags(kmsg)["--source"] == "/dev/kmsg"
+    assert kmsg["securityContext"]["privileged"] is True
+    assert {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True} in kmsg["volumeMounts"]
+    assert {v["name"]: v for v in spec["volumes"]}["kmsg"]["hostPath"] == {"path": "/dev/kmsg", "type": "CharDevice"}
+    others = [c for c in spec["containers"] if c["name"] != "kmsg-monitor"]
+    assert not [c["name"] for c in others if c["securityContext"].get("privileged")]
+
+
+@pytest.mark.parametrize("bad", ["node.kmsgMonitor.source=dev", "node.kmsgMonitor.privileged=true"])
+def test_kmsg_monitor_values_refused(helm: Helm, bad: str) -> None:
+    """An unknown source, or the removed `privileged` switch (now `source: kmsg`), fails the schema."""
+    proc = helm.template(sets=[bad], check=False)
+    assert proc.returncode != 0
+    assert "kmsgMonitor" in proc.stderr
 
 
 def test_remediation_agent_daemonset(rendered: list[dict[str, Any]]) -> None:
@@ -234,6 +259,13 @@ def test_remediation_agent_daemonset(rendered: list[dict[str, Any]]) -> None:
     assert _probe_ports(c) == {int(f["--health-port"])}
     volumes = {v["name"]: v for v in agent["volumes"]}
     assert volumes["socket-dir"]["hostPath"]["path"] == "/var/run/nvsentinel"
+    assert {"name": "socket-dir", "mountPath": "/var/run/nvsentinel", "readOnly": True} in c["volumeMounts"]
+    # a bound, expiring token (names the pod, so the admission webhook knows the node), never the automounted one
+    assert agent["automountServiceAccountToken"] is False
+    (token,) = volumes["agent-token"]["projected"]["sources"][:1]
+    assert token["serviceAccountToken"]["expirationSeconds"] == 3600
+    assert {"name": "agent-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True} in c["volumeMounts"]
 
 
 def test_the_taint_the_controllers_put_is_the_one_the_agents_tolerate(rendered_all: list[dict[str, Any]]) -> None:
@@ -246,3 +278,17 @@ def test_the_taint_the_controllers_put_is_the_one_the_agents_tolerate(rendered_a
     for name in ("quarantine", "resolution"):
         assert flags(deps[f"gpu-health-{name}-controller"]["spec"]["template"]["spec"]["containers"][0])[
             "--taint-key"] == key
+
+
+def test_each_device_api_client_runs_with_a_group_of_its_own(rendered: list[dict[str, Any]]) -> None:
+    """The device API server tells clients in other pid namespaces apart by uid and gid (SO_PEERCRED):
+    each client container has its own group, so one cannot spend another's per-client share."""
+    groups = {}
+    for kind, name in (("DaemonSet", "nvs-node"), ("DaemonSet", "nvs-remediation-agent")):
+        for c in by_kind(rendered, kind)[name]["spec"]["template"]["spec"]["containers"]:
+            groups[c["name"]] = (c["securityContext"]["runAsUser"], c["securityContext"]["runAsGroup"])
+    assert groups["device-api-server"] == (0, 0)
+    clients = {k: v for k, v in groups.items() if k != "device-api-server"}
+    assert set(clients) == {"nvml-provider", "kmsg-monitor", "publisher", "remediation-agent"}
+    assert all(uid == 0 for uid, _ in clients.values())
+    assert len({gid for _, gid in clients.values()} | {0}) == len(clients) + 1

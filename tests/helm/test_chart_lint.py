@@ -23,7 +23,7 @@ def test_lint_strict_every_optional_feature(helm: Helm) -> None:
 def test_lint_strict_with_everything_off(helm: Helm) -> None:
     """The chart still lints when only the controllers' shared parts are left."""
     off = {"node": {"enabled": False}, "remediationAgent": {"enabled": False},
-           "metrics": {"service": {"enabled": False}},
+           "metrics": {"service": {"enabled": False}}, "admission": {"mode": "off"},
            "controllers": {n: {"enabled": False} for n in ("quarantine", "drain", "remediation", "resolution", "ttl")}}
     assert "0 chart(s) failed" in helm.lint(off).stdout
     kinds = {o["kind"] for o in helm.render(off)}

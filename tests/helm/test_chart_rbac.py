@@ -27,13 +27,16 @@ EVERY_CONTROLLER = (grant(HE, ["healthevents", "healthevents/status"], ["get", "
                     | grant("", ["events"], ["create", "get", "patch"]))
 LEADER_ELECTION = grant("coordination.k8s.io", ["leases"], ["get", "create", "update"])
 
-#: component → (cluster-wide triples, release-namespace triples or None for no Role)
-TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]] | None]] = {
+#: component → (cluster-wide triples or None for no ClusterRole, release-namespace triples or None for no Role).
+#: A rule limited by resourceNames shows as resource "configmaps[name]".
+TABLE: dict[str, tuple[set[tuple[str, str, str]] | None, set[tuple[str, str, str]] | None]] = {
     "publisher": (grant(HE, ["healthevents"], ["create"]), None),
-    "remediation-agent": (grant(HE, ["healthevents"], ["get", "list", "watch", "create"]), None),
+    # reads go through the node view (admission.nodeView): this node's events only
+    "remediation-agent": (grant(HE, ["healthevents"], ["create"]), None),
     "quarantine-controller": (
         EVERY_CONTROLLER | grant("", ["nodes"], ["get", "list", "watch", "patch"]),
-        LEADER_ELECTION | grant("", ["configmaps"], ["get", "list", "watch", "create", "update", "patch"])),
+        LEADER_ELECTION | grant("", ["configmaps[nvs-circuit-breaker]"], ["get", "list", "watch", "update", "patch"])
+        | grant("", ["configmaps"], ["create"])),  # create cannot be limited by name: admission limits it
     "drain-controller": (
         EVERY_CONTROLLER | grant("", ["pods"], ["get", "list", "watch"]) | grant("", ["pods/eviction"], ["create"])
         | grant("", ["nodes"], ["get", "list", "watch"]),
@@ -47,18 +50,33 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]], set[tuple[str, str, str]] | No
     "ttl-controller": (
         EVERY_CONTROLLER | grant(HE, ["healthevents"], ["delete"]),
         LEADER_ELECTION | grant("", ["configmaps"], ["get", "list", "watch"])),
+    # the admission webhook reads the pod a node's bound token names (its node) and the Node a stage changes;
+    # the node view reviews an agent's token and reads HealthEvents for it
+    "admission": (grant("", ["nodes"], ["get"]) | grant(HE, ["healthevents"], ["get", "list", "watch"])
+                  | grant("authentication.k8s.io", ["tokenreviews"], ["create"]), grant("", ["pods"], ["get"])),
 }
+
+
+def with_prefix(table: Mapping[str, tuple[set | None, set | None]], prefix: str) -> dict[str, tuple]:
+    """The table with resourceNames under another release prefix."""
+    def fix(triples: set | None) -> set | None:
+        return None if triples is None else {(g, r.replace("[nvs-", f"[{prefix}-"), v) for g, r, v in triples}
+    return {comp: (fix(c), fix(n)) for comp, (c, n) in table.items()}
 
 
 def expand(rules: Iterable[Mapping[str, Any]]) -> Triples:
     out = set()
     for rule in rules:
-        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, f"unexpected rule fields: {rule}"
+        names = rule.get("resourceNames")
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 for v in rule["verbs"]:
                     assert "*" not in (g, r, v), f"wildcard in {rule}"
-                    out.add((g, r, v))
+                    if names:
+                        out |= {(g, f"{r}[{n}]", v) for n in names}
+                    else:
+                        out.add((g, r, v))
     return frozenset(out)
 
 
@@ -86,10 +104,14 @@ def check_table(objs: list[dict[str, Any]], table: Mapping[str, tuple[set, set |
         kinds = got[comp]
         name = f"{prefix}-{comp}"
         assert kinds["ServiceAccount"]["metadata"]["namespace"] == namespace
-        assert expand(kinds["ClusterRole"]["rules"]) == cluster, comp
-        binding = kinds["ClusterRoleBinding"]
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+        if cluster is None:
+            assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds, comp
+        else:
+            assert expand(kinds["ClusterRole"]["rules"]) == cluster, comp
+            binding = kinds["ClusterRoleBinding"]
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                          "name": name}
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
         if namespaced is None:
             assert "Role" not in kinds and "RoleBinding" not in kinds, comp
             continue
@@ -117,7 +139,15 @@ def test_rbac_follows_the_prefix_and_the_namespace(rendered_all: list[dict[str, 
     table = dict(TABLE)
     cluster, ns = table["drain-controller"]
     table["drain-controller"] = (cluster | grant("", ["pods"], ["delete"]), ns)  # ALL_FEATURES force-deletes
-    check_table(rendered_all, table, prefix=ALL_FEATURES["fullnameOverride"])
+    check_table(rendered_all, with_prefix(table, ALL_FEATURES["fullnameOverride"]),
+                prefix=ALL_FEATURES["fullnameOverride"])
+
+
+def test_without_the_node_view_the_agent_reads_from_the_api_server(helm: Helm) -> None:
+    table = dict(TABLE)
+    table["remediation-agent"] = (grant(HE, ["healthevents"], ["get", "list", "watch", "create"]), None)
+    table["admission"] = (grant("", ["nodes"], ["get"]), grant("", ["pods"], ["get"]))
+    check_table(helm.render(sets=["admission.nodeView=false"]), table)
 
 
 @pytest.mark.parametrize("disabled", CONTROLLERS)
@@ -135,6 +165,7 @@ def test_each_workload_runs_as_its_own_identity(rendered: list[dict[str, Any]]) 
     assert sa == {
         "nvs-node": "nvs-publisher",
         "nvs-remediation-agent": "nvs-remediation-agent",
+        "nvs-admission": "nvs-admission",
         **{f"nvs-{c}-controller": f"nvs-{c}-controller" for c in CONTROLLERS},
     }
 

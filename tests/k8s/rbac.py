@@ -55,11 +55,19 @@ def service_account_kubeconfig(kube: Kube, admin_kubeconfig: str, namespace: str
     return token_kubeconfig(kube, admin_kubeconfig, namespace, name, out=out)
 
 
-def token_kubeconfig(kube: Kube, admin_kubeconfig: str, namespace: str, name: str, *, out: Path) -> str:
-    """A kubeconfig for the existing ServiceAccount `namespace/name`, with a fresh TokenRequest token."""
+def token_kubeconfig(kube: Kube, admin_kubeconfig: str, namespace: str, name: str, *, out: Path,
+                     bound_pod: dict[str, Any] | None = None) -> str:
+    """A kubeconfig for the existing ServiceAccount `namespace/name`, with a fresh TokenRequest token.
+
+    `bound_pod` (a Pod object): the token is bound to that pod, as the kubelet's projected tokens are, so the
+    API server puts the pod's name and uid in the caller's identity (what the admission webhook reads).
+    """
+    spec: dict[str, Any] = {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}
+    if bound_pod is not None:
+        spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": bound_pod["metadata"]["name"],
+                                  "uid": bound_pod["metadata"]["uid"]}
     token = kube.create(SERVICEACCOUNTS, {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}},
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         namespace, subresource_of=name, subresource="token")["status"]["token"]
     admin = json.loads(Path(admin_kubeconfig).read_text())
     admin["users"] = [{"name": "admin", "user": {"token": token}}]

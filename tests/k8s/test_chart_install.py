@@ -33,10 +33,12 @@ SERVICES = Resource("", "v1", "services", "Service", True)
 SECRETS = Resource("", "v1", "secrets", "Secret", True)
 SERVICEMONITORS = Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True)
 PROMETHEUSRULES = Resource("monitoring.coreos.com", "v1", "prometheusrules", "PrometheusRule", True)
+VWCS = Resource("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                "ValidatingWebhookConfiguration", False)
 #: every kind the chart can render, by (apiVersion, kind)
 RESOURCES = {(r.api_version, r.kind): r for r in (
     DAEMONSETS, DEPLOYMENTS, SERVICES, SERVICEACCOUNTS, CLUSTERROLES, CLUSTERROLEBINDINGS, ROLES, ROLEBINDINGS,
-    CONFIGMAPS, PDBS_V1BETA1, SERVICEMONITORS, PROMETHEUSRULES, CRDS)}
+    CONFIGMAPS, PDBS_V1BETA1, SERVICEMONITORS, PROMETHEUSRULES, CRDS, SECRETS, VWCS)}
 CRD_NAME = "healthevents.nvsentinel.nvidia.com"
 
 
@@ -90,28 +92,34 @@ def test_install_dry_run_and_uninstall(control_plane: ControlPlane, kube: Kube, 
     release, ns = f"nvs-{unique}", f"chart-{unique}"
     # the session already installed the CRD (crd_installed): helm must not try to own it
     assert kube.get(CRDS, CRD_NAME)
-    install(helm, control_plane, release, ns, "--skip-crds")
+    # nothing routes to the webhook's Service here (no kube-proxy): Ignore lets this test's own creates through
+    # (tests/k8s/test_chart_identities.py runs the webhook and points the configuration at it)
+    install(helm, control_plane, release, ns, "--skip-crds", "--set", "admission.webhook.failurePolicy=Ignore")
     try:
         made = manifest(helm, control_plane, release, ns)
         kinds = {o["kind"] for o in made}
+        # 1.20 serves no ValidatingAdmissionPolicy: admission mode auto installs the webhook
         assert kinds == {"DaemonSet", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                         "RoleBinding", "ConfigMap", "Service", "PodDisruptionBudget"}
+                         "RoleBinding", "ConfigMap", "Service", "PodDisruptionBudget", "Secret",
+                         "ValidatingWebhookConfiguration"}
         # everything rendered was created, under the release's labels
         for o in made:
             got = kube.get(resource(o), o["metadata"]["name"], o["metadata"].get("namespace"))
             assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == release
         # the server has no policy/v1 (1.20): the chart asked it and fell back
         pdbs = [o for o in made if o["kind"] == "PodDisruptionBudget"]
-        assert len(pdbs) == 5 and {p["apiVersion"] for p in pdbs} == {"policy/v1beta1"}
+        assert len(pdbs) == 6 and {p["apiVersion"] for p in pdbs} == {"policy/v1beta1"}
         assert sorted(ours(kube, DEPLOYMENTS, ns, release)) == sorted(
-            f"{release}-{c}-controller" for c in ("quarantine", "drain", "remediation", "resolution", "ttl"))
+            [f"{release}-admission", *(f"{release}-{c}-controller"
+                                       for c in ("quarantine", "drain", "remediation", "resolution", "ttl"))])
         assert kube.get(CONFIGMAPS, f"{release}-policy", ns)["data"]["ttlAfterResolved"] == "168h"
 
         # server-side dry-run of a second rendering (server capabilities, another release name):
         # the API server validates and admits every object and persists none
         dry = f"dry-{unique}"
         rendered = json.loads(helm_on(helm, control_plane, "install", dry, str(CHART), "--namespace", ns,
-                                      "--dry-run=server", "--skip-crds", "-o", "json").stdout)["manifest"]
+                                      "--dry-run=server", "--skip-crds", "--set", "admission.webhook.failurePolicy=Ignore",
+                                      "-o", "json").stdout)["manifest"]
         objs = [d for d in yaml.safe_load_all(rendered) if d]
         assert len(objs) == len(made)
         for o in objs:

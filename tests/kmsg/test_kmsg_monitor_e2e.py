@@ -258,7 +258,8 @@ def test_kmsg_monitor_cli_registered():
     out = subprocess.run([sys.executable, "-m", "nvsentinel", "kmsg-monitor", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     for flag in ("--address", "--source", "--state-file", "--dedup-window", "--ignored-xids",
-                 "--poll-interval", "--log-format", "--log-level", "--node-name", "KMSG_MONITOR_SOURCE"):
+                 "--poll-interval", "--syslog-interval", "--max-line-bytes", "--metrics-port", "--http-bind-address",
+                 "--log-format", "--log-level", "--node-name", "KMSG_MONITOR_SOURCE", "KMSG_MONITOR_MAX_LINE_BYTES"):
         assert flag in out
 
 

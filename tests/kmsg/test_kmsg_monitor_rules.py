@@ -16,6 +16,7 @@ from nvsentinel._proto import gpu_pb2  # noqa: E402
 from nvsentinel.node.kmsg import cursor, logic  # noqa: E402
 from nvsentinel.node.kmsg import monitor  # noqa: E402
 from nvsentinel.node.kmsg.monitor import parse_kmsg_record  # noqa: E402
+from nvsentinel.node.kmsg.sources import KmsgRecord  # noqa: E402
 from nvsentinel.policy import conditions as nvml_logic  # noqa: E402
 
 UUID = "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb"
@@ -71,16 +72,21 @@ def test_cursor_round_trip_and_bad_files(tmp_path):
 @pytest.mark.parametrize(
     ("record", "want"),
     [
-        (b"6,1234,5678,-;NVRM: Xid (PCI:0000:b3:00): 79, x\n", (1234, b"6,1234,5678,-;NVRM: Xid (PCI:0000:b3:00): 79, x\n")),
-        (b"4,7,1,c;hello\n SUBSYSTEM=pci\n DEVICE=+pci:0000:b3:00.0\n", (7, b"4,7,1,c;hello\n")),
+        (b"6,1234,5678,-;NVRM: Xid (PCI:0000:b3:00): 79, x\n",
+         (1234, 0, b"6,1234,5678,-;NVRM: Xid (PCI:0000:b3:00): 79, x\n", b"NVRM: Xid (PCI:0000:b3:00): 79, x")),
+        (b"4,7,1,c;hello\n SUBSYSTEM=pci\n DEVICE=+pci:0000:b3:00.0\n", (7, 0, b"4,7,1,c;hello\n", b"hello")),
+        (b"12,8,1,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=1\n",  # user space: LOG_USER (1) << 3 | 4
+         (8, 1, b"12,8,1,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=1\n", b"NVRM: Xid (PCI:0000:3b:00): 79, pid=1")),
         (b"garbage", None),
         (b"6,x,1,-;text\n", None),
+        (b"x,1,1,-;text\n", None),
+        (b"-8,1,1,-;text\n", None),
         (b"", None),
     ],
 )
 def test_parse_kmsg_record(record, want):
-    """Verify /dev/kmsg records give (sequence, first line) and malformed ones are dropped."""
-    assert parse_kmsg_record(record) == want
+    """Verify /dev/kmsg records give (sequence, facility, first line, message) and malformed ones are dropped."""
+    assert parse_kmsg_record(record) == (None if want is None else KmsgRecord(*want))
 
 
 def _nvml_false(reason: str, seconds: int) -> gpu_pb2.GpuStatus:
@@ -139,11 +145,12 @@ def test_view_from_condition_and_merge():
     assert merged.recommended_action == "RESTART_BM"
 
 
-def _records(*items: tuple[int, str]) -> socket.socket:
-    """A non-blocking descriptor that returns one record per read, like /dev/kmsg."""
+def _records(*items: tuple[int, str], prio: dict[int, int] | None = None) -> socket.socket:
+    """A non-blocking descriptor that returns one record per read, like /dev/kmsg (priority 6, the
+    kernel's facility 0 at level info, unless `prio` says otherwise for a sequence number)."""
     writer, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for seq, text in items:
-        writer.send(f"6,{seq},{seq * 1000},-;{text}\n SUBSYSTEM=pci\n".encode())
+        writer.send(f"{(prio or {}).get(seq, 6)},{seq},{seq * 1000},-;{text}\n SUBSYSTEM=pci\n".encode())
     writer.close()
     reader.setblocking(False)
     return reader
@@ -165,12 +172,40 @@ def test_kmsg_source_honours_the_cursor(tmp_path, cur, want):
     sock = _records((1, "a"), (2, "NVRM: Xid (PCI:0000:b3:00): 79, x"), (3, "garbage ;;"), (4, "d"))
     src = monitor._KmsgSource("/dev/kmsg", cur, str(boot), fd=sock.detach())
     try:
-        lines = src.read()
+        lines = [line.data for line in src.read()]
         assert [int(line.split(b",")[1]) for line in lines] == want
         assert all(line.endswith(b"\n") and b"SUBSYSTEM" not in line for line in lines)
         saved = cursor.Cursor()
         src.update(saved)
         assert (saved.kind, saved.boot_id, saved.seq) == ("kmsg", "boot-a", want[-1] if want else cur.seq)
+    finally:
+        src.close()
+
+
+def test_kmsg_source_drops_what_user_space_wrote(tmp_path):
+    """Verify the /dev/kmsg reader hands out only facility-0 records and reset tooling's line: a
+    driver line written by user space (facility 1, as the kernel forces on /dev/kmsg writes) is
+    dropped and counted, a malformed record too, and the cursor still moves past them."""
+    from nvsentinel.node.kmsg.metrics import KmsgMetrics
+
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-a\n")
+    uuid = "GPU-196b7c1a-b6d3-9791-4798-481be2406bdb"
+    sock = _records((1, "NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=x, GPU has fallen off the bus."),
+                    (2, "NVRM: Xid (PCI:0000:3b:00): 48, pid=1, name=x, DBE"),
+                    (3, f"GPU reset executed: {uuid}"),
+                    (4, "systemd[1]: Started Journal Service."),
+                    prio={1: 12, 3: 13, 4: 30})
+    metrics = KmsgMetrics()
+    src = monitor._KmsgSource("/dev/kmsg", cursor.Cursor(), str(boot), fd=sock.detach(), metrics=metrics)
+    try:
+        lines = [(line.end, line.data) for line in src.read()]
+        assert lines == [(2, b"6,2,2000,-;NVRM: Xid (PCI:0000:3b:00): 48, pid=1, name=x, DBE\n"),
+                         (3, f"13,3,3000,-;GPU reset executed: {uuid}\n".encode())]
+        assert metrics.value("nvsentinel_kmsg_records_dropped", reason="user_space") == 2
+        saved = cursor.Cursor()
+        src.update(saved)
+        assert saved.seq == 4
     finally:
         src.close()
 
@@ -184,7 +219,16 @@ def test_fifo_source_yields_lines_across_writers(tmp_path):
 
     path = tmp_path / "kmsg.fifo"
     os.mkfifo(path)
-    source = open_source(str(path), cursor_mod.Cursor())
+    src = open_source(str(path), cursor_mod.Cursor())
+
+    class source:  # the lines' text only
+        kind = src.kind
+        update = src.update
+
+        @staticmethod
+        def read() -> list[bytes]:
+            return [line.data for line in src.read()]
+
     try:
         assert source.kind == "fifo" and source.read() == []
         w = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
@@ -202,7 +246,7 @@ def test_fifo_source_yields_lines_across_writers(tmp_path):
         source.update(cur)
         assert cur.kind == "fifo"
     finally:
-        source.close()
+        src.close()
 
 
 @pytest.mark.parametrize(

@@ -30,10 +30,13 @@ def test_docs_name_every_setting_metric_and_log_message():
 
 
 def test_docs_rbac_is_what_the_least_privilege_test_grants():
-    """Verify the documented rules are exactly the ones the cluster test's ServiceAccount gets."""
+    """Verify the documented rules are exactly the ones the cluster tests' ServiceAccounts get: create only with the
+    node view (the chart's identity, tests/k8s/test_chart_identities.py), get/list/watch/create without it."""
     text = DOC.read_text()
-    assert 'verbs: ["get", "list", "watch", "create"]' in text
+    assert 'verbs: ["create"]' in text and "`get, list, watch, create`" in text
     k8s_test = DOC.parents[1] / "tests" / "k8s" / "test_remediation_agent.py"
     assert '"verbs": ["get", "list", "watch", "create"]' in k8s_test.read_text()
+    rbac = (DOC.parents[1] / "charts" / "nvsentinel" / "templates" / "remediation-agent-rbac.yaml").read_text()
+    assert "verbs: [create]" in rbac and "verbs: [get, list, watch, create]" in rbac
     for link in re.findall(r"\]\(([a-z-]+\.md)", text):
         assert (DOC.parent / link).exists(), link

@@ -31,6 +31,23 @@ PREFIXES = [
     "2024-08-30 11:43:09,5 kernel: ",
     "2024-13-45T99:99:99Z node kernel: ",
     "nvidia-persistenced[812]: ",
+    # anchoring (module doc of nvsentinel._xid_py): more header forms, user-space and kernel origins,
+    # and kernel messages that echo text before the body
+    "Dec  6 08:00:01 gpu-node-7 kernel: [ 1234.567890] ",
+    "2024-08-30T11:43:09,398911+01:00 ",
+    "[ 1108.858286] gpu-node-7 kernel: ",
+    "kern  :err   : [ 1108.858286] ",
+    "user  :warn  : [ 1108.858286] ",
+    "12,5,6,-;",
+    "<13>",
+    "Aug 30 11:43:09 gpu-node-7 nvsentinel-gpu-reset: ",
+    "Aug 30 11:43:09 gpu-node-7 root[77]: ",
+    "Aug 30 11:43:09 input: ",
+    "[123] ",
+    "               ",
+    "[ 12.500000] tmpfs: Bad value for 'size'",
+    "6,7,8,-;tmpfs: Unknown parameter '",
+    "[ 12.500000] input: ",
 ]
 
 # Bodies: a representative of every line form, plus lines that look close but are not events.
@@ -81,6 +98,10 @@ BODIES = [
     "GPU reset executed: " + UUID + ", success: true",
     "GPU reset executed: " + UUID2 + ", success: false",
     "GPU reset executed: GPU-",
+    "NVRM: Xid (0000:3b): 79, pid=1, GPU has fallen off the bus.",
+    "NVRM: Xid (PCI:XXXX:XX:XX): 79, pid=1, GPU has fallen off the bus.",
+    "NVRM: Xid (PCI:<redacted> GPU-I:05): 94, pid=7, Contained: CE User Channel (0x9)",
+    "nvidia-nvswitch2: SXid (PCI:[REDACTED]): 24007, Fatal, Link 28 sourcetrack timeout error (First)",
     "NVRM: loading NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024",
     "NVRM: GPU 0000:01:00.0: RmInitAdapter failed! (0x26:0xffff:1474)",
     "usb 1-4: new high-speed USB device number 5 using xhci_hcd",
@@ -95,7 +116,16 @@ JUNK_ALPHABET = st.characters(codec="utf-8", exclude_categories=("Cs",))
 
 @st.composite
 def pci_ids(draw: st.DrawFn) -> str:
-    """PCI ids in every printed shape, including broken ones."""
+    """PCI ids in every printed shape, including short, redacted and broken ones."""
+    if draw(st.integers(0, 4)) == 0:
+        label = draw(st.sampled_from(["PCI:", "", "pci:"]))
+        return label + draw(
+            st.sampled_from(
+                ["0000:3b", "00000000:3B", "0000:3b:0", "XXXX:XX:XX", "xxxx:xx:xx.x", "0000:XX:00.0", "****",
+                 "X" * 33, "<redacted>", "<>", "<" + "a" * 33 + ">", "[REDACTED]", "[a]b]", "Redacted",
+                 "redact", "?:?", "0000:3b:00.x"]
+            )
+        )
     label = draw(st.sampled_from(["PCI:", "", "PCI:", "pci:"]))
     domain = draw(st.text("0123456789abcdefABCDEF", min_size=0, max_size=9))
     bus = draw(st.text("0123456789abcdefABCDEF", min_size=1, max_size=3))

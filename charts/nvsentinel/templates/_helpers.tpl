@@ -33,7 +33,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "nvsentinel.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{ with .Values.image.digest }}@{{ . }}{{ end }}
+{{- end -}}
+
+{{/* The reboot Job's image: controllers.remediation.rebootImage, else nvsentinel's own. */}}
+{{- define "nvsentinel.rebootImage" -}}
+{{ .Values.controllers.remediation.rebootImage | default (include "nvsentinel.image" .) }}
 {{- end -}}
 
 {{/* The Device API address its node-local clients dial. */}}
@@ -73,7 +78,7 @@ Nothing else: no privilege escalation, no capabilities, a read-only root filesys
 */}}
 {{- define "nvsentinel.rootContainerSecurity" -}}
 runAsUser: 0
-runAsGroup: 0
+runAsGroup: {{ index (include "nvsentinel.clientGroups" . | fromYaml) .component }}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
@@ -91,4 +96,38 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 3
+{{- end -}}
+
+{{/*
+A projected service-account token volume: a bound token (it names the pod, and so the node) that
+expires; `expirationSeconds` is never 3607, which the API server silently extends to a year.
+*/}}
+{{- define "nvsentinel.projectedToken" -}}
+- name: {{ .name }}
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: {{ .seconds }}
+      - configMap:
+          name: kube-root-ca.crt
+          items: [{key: ca.crt, path: ca.crt}]
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef: {fieldPath: metadata.namespace}
+{{- end -}}
+
+{{/*
+The Device API's clients run as uid 0 (the socket is root's, 0660), each with a group of its own: the
+server, in a pid namespace of its own, cannot see their pids, and tells them apart by uid and gid
+(SO_PEERCRED), so each gets its own share of --max-watchers-per-peer and --max-connections-per-peer.
+A container cannot change its group (no CAP_SETGID).
+*/}}
+{{- define "nvsentinel.clientGroups" -}}
+server: 0
+nvml-provider: 65521
+kmsg-monitor: 65522
+publisher: 65523
+remediation-agent: 65524
 {{- end -}}

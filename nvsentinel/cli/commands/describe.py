@@ -51,13 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from nvsentinel.policy.healthevent import utcnow
     from nvsentinel.k8s import Forbidden
     from nvsentinel.k8s.resources import HEALTHEVENTS
+    from nvsentinel.service.sanitize import printable
 
     def body(kube: Kube) -> int:
         obj = kube.get(HEALTHEVENTS, args.name)
         try:
             events = related_events(kube, obj)
         except Forbidden as exc:  # the object is still worth showing without its Events
-            print(f"warning: cannot list events: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"warning: cannot list events: {' '.join(printable(exc, 500).split())}", file=sys.stderr)
             events = []
         print(display.describe(obj, events, utcnow()))
         return 0

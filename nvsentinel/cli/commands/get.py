@@ -9,8 +9,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from nvsentinel import errors
+from nvsentinel.service.sanitize import printable
 from nvsentinel.cli.args import HEALTHEVENT_ALIASES, add_address, healthevent_not_found
-from nvsentinel.cli.output import FORMATS, print_gpus
+from nvsentinel.cli.views.gpus import FORMATS, render_gpus
 from nvsentinel.k8s.connect import add_kube_arguments, with_kube
 
 if TYPE_CHECKING:
@@ -47,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
         with DeviceApiClient(args.address, timeout=args.timeout) as client:
             if args.kind == "gpus":
                 rv, gpus = client.list_gpus()
-                print_gpus(gpus, args.output, rv)
+                out = render_gpus(gpus, args.output, rv)
             else:
-                print_gpus([client.get_gpu(args.name)], args.output)
+                out = render_gpus([client.get_gpu(args.name)], args.output)
     except (errors.NvsentinelError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc, 1000)}", file=sys.stderr)
         return 1
+    if out:
+        print(out)
+    else:
+        print("No GPUs found.", file=sys.stderr)
     return 0
 
 

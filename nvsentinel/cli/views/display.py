@@ -3,6 +3,11 @@
 Pure text from the server's JSON: no I/O and no clock reads (`now` is passed in), so every column
 and line is unit-tested. Works on raw dicts, not the typed model, so one odd object (written by hand,
 from an older schema) degrades to `<none>` cells instead of failing the whole listing.
+
+Whoever can write a HealthEvent or an Event chooses its text, so nothing reaches the terminal raw:
+each value is cut to a bound (`CELL_LIMIT` in a table, `VALUE_LIMIT` in describe) and every line
+leaves through `printable`, which removes escape sequences and control characters (a message that
+would recolour the terminal, move the cursor or forge an extra line shows as plain text).
 """
 from __future__ import annotations
 
@@ -14,16 +19,20 @@ from typing import Any
 import yaml
 
 from nvsentinel.policy.healthevent import API_VERSION, KIND, Phase, parse_time
+from nvsentinel.service.sanitize import printable, printable_lines
 
 __all__ = [
     "FORMATS", "HEADER", "WIDE_HEADER", "NONE", "human_duration", "age", "sort_events", "is_terminal",
-    "row", "render_table", "render_list", "render_one", "describe",
+    "row", "render_table", "render_list", "render_one", "describe", "CELL_LIMIT", "VALUE_LIMIT",
 ]
 
 FORMATS = ("table", "wide", "json", "yaml")
 HEADER = ("NAME", "NODE", "SOURCE", "FATAL", "ACTION", "PHASE", "AGE")
 WIDE_HEADER = (*HEADER, "ERRORS", "GPUS", "MESSAGE")
 NONE = "<none>"
+#: Characters of one table cell, and of one describe value, at most.
+CELL_LIMIT = 256
+VALUE_LIMIT = 4096
 _TERMINAL = frozenset({str(Phase.RESOLVED), str(Phase.CANCELLED)})
 
 
@@ -84,7 +93,7 @@ def _phase(obj: Mapping[str, Any]) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = " ".join(str(value).split()) if value is not None else ""  # one line per row, always
+    text = " ".join(printable(value, CELL_LIMIT).split()) if value is not None else ""  # one line per row
     return text or NONE
 
 
@@ -111,7 +120,7 @@ def row(obj: Mapping[str, Any], now: _dt.datetime, *, wide: bool = False) -> lis
         _cell(spec.get("source")),
         _bool(spec.get("isFatal")),
         _cell(spec.get("recommendedAction")),
-        _phase(obj),
+        _cell(_phase(obj)),
         age(_meta(obj).get("creationTimestamp"), now),
     ]
     if wide:
@@ -124,7 +133,8 @@ def row(obj: Mapping[str, Any], now: _dt.datetime, *, wide: bool = False) -> lis
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str], indent: str = "") -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return [(indent + "   ".join(v.ljust(w) for v, w in zip(r, widths))).rstrip() for r in [header, *rows]]
+    return [printable(indent + "   ".join(v.ljust(w) for v, w in zip(r, widths)), 0).rstrip()
+            for r in [header, *rows]]
 
 
 def render_table(objs: Iterable[Mapping[str, Any]], now: _dt.datetime, *, wide: bool = False) -> str:
@@ -184,18 +194,19 @@ class _Writer:
         return width
 
     def line(self, level: int, text: str) -> None:
-        self.lines.append("  " * level + text)
+        self.lines.append(printable("  " * level + text, 0))  # the last word: nothing raw leaves
 
     def mapping(self, level: int, key: str, width: int, items: Mapping[str, Any]) -> None:
         """`Labels:  a=b` then continuation lines aligned under the first value (kubectl's look)."""
-        pairs = [f"{k}={v}" for k, v in sorted(items.items())] or [NONE]
+        pairs = [printable(f"{k}={v}", CELL_LIMIT) for k, v in sorted(items.items(), key=lambda kv: str(kv[0]))] or [NONE]
         self.line(level, f"{key + ':':<{width}}{pairs[0]}")
         for p in pairs[1:]:
             self.line(level, " " * width + p)
 
 
 def _text(value: Any) -> str:
-    return str(value) if value not in (None, "") else NONE
+    """A describe value: bounded, printable, its own line breaks kept (see `_Writer.block`)."""
+    return printable_lines(value, VALUE_LIMIT) if value not in (None, "") else NONE
 
 
 def _when(timestamp: Any, now: _dt.datetime) -> str:
@@ -210,7 +221,10 @@ def _event_time(ev: Mapping[str, Any]) -> Any:
 def _event_age(ev: Mapping[str, Any], now: _dt.datetime) -> str:
     """kubectl's `5m (x3 over 12m)` for a repeated Event."""
     last = age(_event_time(ev), now)
-    count = int(ev.get("count") or (ev.get("series") or {}).get("count") or 1)
+    try:
+        count = int(ev.get("count") or (ev.get("series") or {}).get("count") or 1)
+    except (TypeError, ValueError):  # a hand-written Event: show it, do not fail the describe
+        count = 1
     first = ev.get("firstTimestamp") or ev.get("eventTime")
     if count > 1 and _time(first):
         return f"{last} (x{count} over {age(first, now)})"
@@ -249,7 +263,7 @@ def describe(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], now: _
         ("Fatal", _bool(spec.get("isFatal"))),
         ("Healthy", _bool(spec.get("isHealthy"))),
         ("Recommended Action", _text(spec.get("recommendedAction"))),
-        ("Error Codes", ", ".join(str(c) for c in spec.get("errorCodes") or ()) or NONE),
+        ("Error Codes", _text(", ".join(str(c) for c in spec.get("errorCodes") or ()))),
         ("Detected At", _when(spec.get("detectedAt"), now)),
         ("Message", _text(spec.get("message"))),
         ("Overrides", "; ".join(
@@ -274,7 +288,7 @@ def describe(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], now: _
 
     w.line(0, "Status:")
     w.block(1, [
-        ("Phase", _phase(obj)),
+        ("Phase", _text(_phase(obj))),
         ("Observed Generation", _text(status.get("observedGeneration"))),
         ("Last Remediation Time", _when(status.get("lastRemediationTime"), now)),
         ("Resolved At", _when(status.get("resolvedAt"), now)),

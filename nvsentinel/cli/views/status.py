@@ -20,6 +20,7 @@ from nvsentinel.cluster.quarantine.logic import ANNOTATION, breaker_report, is_g
 from nvsentinel.cluster.remediation.logic import HELD_REASONS
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState
 from nvsentinel.policy.healthevent import ConditionType, Phase, format_time, parse_time
+from nvsentinel.service.sanitize import printable
 
 __all__ = [
     "OPEN_PHASES", "RECENT", "DRAIN_HELD_REASONS", "BREAKER_HELD_REASON", "NodeSummary", "Human", "EventSummary",
@@ -353,7 +354,7 @@ def render(s: Summary) -> str:
     if trip:
         rows.append((1, "Tripped at", f"{b['trippedAt']} ({_ago(trip, now)} ago)"))
     if b["reason"]:
-        rows.append((1, "Reason", " ".join(str(b["reason"]).split())))
+        rows.append((1, "Reason", " ".join(printable(b["reason"], display.VALUE_LIMIT).split())))
     if b["resetAt"]:
         rows.append((1, "Reset at", f"{b['resetAt']} ({_ago(_time(b['resetAt']), now)} ago)"))
     rows += [
@@ -372,4 +373,4 @@ def render(s: Summary) -> str:
     if e.needs_human:
         lines += _table([[h.name, h.node or display.NONE, h.phase, h.reason, _ago(h.since, now), _ago(h.created, now)]
                          for h in e.needs_human], ["NAME", "NODE", "PHASE", "REASON", "WAITING", "AGE"])
-    return "\n".join(lines)
+    return "\n".join(printable(line, 0) for line in lines)  # names and reasons are others' text

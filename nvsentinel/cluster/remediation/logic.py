@@ -164,7 +164,8 @@ def job_body(event: HealthEvent, attempt: int, cfg: RemediationConfig) -> dict[s
                     "tolerations": [{"operator": "Exists"}],
                     "containers": [{
                         "name": "reboot", "image": cfg.reboot_image, "command": cfg.reboot_argv,
-                        "securityContext": {"privileged": True},
+                        # root explicitly: the chart's default image (nvsentinel's own) runs as 65532
+                        "securityContext": {"privileged": True, "runAsUser": 0},
                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
                                       "limits": {"cpu": "100m", "memory": "64Mi"}},
                     }],

@@ -69,7 +69,8 @@ class ResolutionController:
     async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
         now = ctx.now()
         events = self._node_events(key, ctx)
-        resolutions = logic.plan_resolutions(events)
+        cfg = self.config
+        resolutions = logic.plan_resolutions(events, skew=cfg.skew, nodewide=cfg.resolve_nodewide_healthy)
         for res in resolutions:
             await self._write(res.fatal, logic.resolved_status(res, now, dry_run=ctx.dry_run), ctx,
                               action="dry-run-resolve" if ctx.dry_run else "resolve")
@@ -94,7 +95,9 @@ class ResolutionController:
                 ev = HealthEvent.from_dict(await ctx.kube.get(HEALTHEVENTS, name))
             except KubeNotFound:
                 continue  # deleted (TTL, operator): it holds nothing any more
-            if logic.is_open_fatal(ev) and not any(logic.answers(r.healthy, ev) for r in resolutions):
+            if logic.is_open_fatal(ev) and not any(logic.answers(r.healthy, ev, skew=cfg.skew,
+                                                                   nodewide=cfg.resolve_nodewide_healthy)
+                                                     for r in resolutions):
                 open_fatal.append(ev)
 
         if logic.operator_uncordoned(node, len(open_fatal)):

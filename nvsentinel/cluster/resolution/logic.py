@@ -16,11 +16,23 @@ from nvsentinel.cluster.resolution.config import ResolutionConfig
 from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
 
 __all__ = [
-    "ACTOR", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
+    "ACTOR", "DEFAULT_SKEW", "observed_at", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
     "NodeRelease", "plan_release", "node_terminated", "terminated_status", "operator_uncordoned", "operator_uncordon_status",
 ]
 
 ACTOR = "nvsentinel-resolution"
+#: How far a node's clock may run ahead of the API server's before its detectedAt stops being believed.
+DEFAULT_SKEW = _dt.timedelta(seconds=60)
+
+
+def observed_at(event: HealthEvent, skew: _dt.timedelta = DEFAULT_SKEW) -> _dt.datetime:
+    """When the event happened, as far as anyone can know: its detectedAt, but never later than its creation
+    (the API server's clock) plus `skew`. A node whose clock runs ahead, or one that lies (detectedAt 2099),
+    would otherwise date a recovery after every later fault and mask it."""
+    created = event.creation_timestamp
+    if created is None:
+        return event.spec.detected_at
+    return min(event.spec.detected_at, created + skew)
 
 
 def is_open_fatal(event: HealthEvent) -> bool:
@@ -28,17 +40,22 @@ def is_open_fatal(event: HealthEvent) -> bool:
     return event.spec.is_fatal and not event.spec.is_healthy and not event.status.phase.terminal
 
 
-def answers(healthy: HealthEvent, fatal: HealthEvent) -> bool:
-    """Whether `healthy` resolves `fatal`: same node, not older, and (if it names GPUs) one of its GPUs.
+def answers(healthy: HealthEvent, fatal: HealthEvent, *, skew: _dt.timedelta = DEFAULT_SKEW,
+            nodewide: bool = False) -> bool:
+    """Whether `healthy` resolves `fatal`: same node, not older (`observed_at`), and one of its GPUs.
 
-    A healthy event older than the fault says nothing about it (a recovery before a new failure).
+    A healthy event older than the fault says nothing about it (a recovery before a new failure). One that names
+    no GPU clears the whole node only where the operator allows it (`nodewide`, --resolve-nodewide-healthy): a
+    node's credential cannot clear every fault of its node with one vague event.
     """
     if not healthy.spec.is_healthy or healthy.spec.node_name != fatal.spec.node_name:
         return False
-    if fatal.spec.detected_at > healthy.spec.detected_at:
+    if observed_at(fatal, skew) > observed_at(healthy, skew):
         return False
     gpus = set(healthy.gpu_uuids)
-    return not gpus or bool(gpus & set(fatal.gpu_uuids))
+    if not gpus:
+        return nodewide
+    return bool(gpus & set(fatal.gpu_uuids))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,23 +64,20 @@ class Resolution:
     healthy: HealthEvent
 
 
-def _order(e: HealthEvent) -> tuple[_dt.datetime, str]:
-    return (e.spec.detected_at, e.name)
-
-
-def plan_resolutions(events: Iterable[HealthEvent]) -> list[Resolution]:
+def plan_resolutions(events: Iterable[HealthEvent], *, skew: _dt.timedelta = DEFAULT_SKEW,
+                     nodewide: bool = False) -> list[Resolution]:
     """Each open fatal event answered by a healthy one, paired with the earliest such (a stable message).
 
     A Remediating event is left to the remediation stage: the healthy event may be the very verification
     it waits for, and it records Remediated first; the next pass resolves it.
     """
-    evs = sorted(events, key=_order)
+    evs = sorted(events, key=lambda e: (observed_at(e, skew), e.name))
     healthy = [e for e in evs if e.spec.is_healthy]
     out = []
     for fatal in evs:
         if not is_open_fatal(fatal) or fatal.status.phase is Phase.REMEDIATING:
             continue
-        by = next((h for h in healthy if answers(h, fatal)), None)
+        by = next((h for h in healthy if answers(h, fatal, skew=skew, nodewide=nodewide)), None)
         if by is not None:
             out.append(Resolution(fatal, by))
     return out

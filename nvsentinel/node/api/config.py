@@ -1,24 +1,50 @@
-"""Settings of the device API server (SPEC §4): upstream's flag names, env prefix DEVICE_API_."""
+"""Settings of the device API server (SPEC §4): upstream's flag names, env prefix DEVICE_API_.
+
+Every number has an upper bound as well as a lower one: the values reach gRPC's int32 options, the
+C store and sleep loops, where an absurd value (a typo, `inf`, `1e-9`) would crash the daemon or
+spin a core instead of stopping it with one line (exit 2).
+"""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import socket
 
-from nvsentinel.node.endpoints import DEFAULT_GRPC_ADDRESS, DEFAULT_UNIX_SOCKET
+from nvsentinel.node.endpoints import DEFAULT_UNIX_SOCKET
 from nvsentinel.node.nvml_settings import DEFAULT_RESET_COMMAND, check_nvml_settings
-from nvsentinel.service.settings import check_logging, setting
+from nvsentinel.service.settings import check_logging, check_range, setting
 
 ENV_PREFIX = "DEVICE_API_"
+#: gRPC's message and option values are C ints.
+GRPC_INT_MAX = 2**31 - 1
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback IP literals; a host name is never trusted to stay local."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceApiSettings:
     grpc_address: str = setting(
-        DEFAULT_GRPC_ADDRESS,
-        help="TCP host:port for gRPC; empty disables it. The API is unauthenticated: loopback by default",
+        "", help="TCP host:port for gRPC, e.g. 127.0.0.1:50051; empty (the default): no TCP listener. The API is "
+        "unauthenticated: a non-loopback address also needs --allow-remote-grpc", metavar="HOST:PORT",
+    )
+    allow_remote_grpc: bool = setting(
+        False, help="let --grpc-address be a non-loopback address (anyone who reaches it can read and write "
+        "GPU state); a warning is logged at start",
     )
     unix_socket: str = setting(DEFAULT_UNIX_SOCKET, help="unix socket path for gRPC; empty disables it")
-    socket_mode: int = setting(0o660, help="permission bits of the unix socket (owner and group only)")
+    socket_mode: int = setting(0o660, help="permission bits of the unix socket, in octal (owner and group only)",
+                               octal=True, metavar="MODE")
     health_port: int = setting(8081, help="HTTP port for /healthz /livez /readyz (0: any free port)")
     metrics_port: int = setting(9090, help="HTTP port for Prometheus /metrics (0: any free port)")
     http_bind_address: str = setting(
@@ -42,11 +68,22 @@ class DeviceApiSettings:
         256, help="events a watcher may lag before it is evicted; also the resume window"
     )
     max_watchers: int = setting(256, help="concurrent watch streams at most")
+    max_watchers_per_peer: int = setting(
+        32, help="concurrent watch streams one client may hold (a unix-socket client is its uid and pid; a TCP "
+        "client its IP address); RESOURCE_EXHAUSTED beyond")
+    max_connections_per_peer: int = setting(
+        64, help="unix-socket connections one client process may hold; more are closed at once")
     watch_rate: float = setting(10.0, help="new watch streams per second (token bucket)")
     watch_burst: int = setting(20, help="burst of new watch streams")
     max_recv_bytes: int = setting(
         1024 * 1024, help="largest gRPC request accepted (requests carry one GPU; lists are only sent)"
     )
+    max_list_bytes: int = setting(
+        16 * 1024 * 1024, help="largest ListGpus response; a bigger list is RESOURCE_EXHAUSTED (nvsentinel's "
+        "clients then list through a fresh WatchGpus, which sends one GPU per message)")
+    max_list_bytes_in_flight: int = setting(
+        32 * 1024 * 1024, help="ListGpus response bytes being sent at once; a list that would pass it is "
+        "RESOURCE_EXHAUSTED (retry, or list through a watch)")
     max_concurrent_streams: int = setting(512, help="HTTP/2 streams per connection at most")
     keepalive_time: float = setting(30.0, help="seconds between server keepalive pings on idle connections")
     keepalive_timeout: float = setting(10.0, help="seconds to wait for a keepalive ack before closing")
@@ -67,30 +104,38 @@ class DeviceApiSettings:
             raise ValueError("--grpc-address and --unix-socket are both empty: nothing to listen on")
         if self.grpc_address:
             host, sep, port = self.grpc_address.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            if not sep or not host or not _PORT.fullmatch(port) or int(port) > 65535:
                 raise ValueError(f"--grpc-address must be host:port, got {self.grpc_address!r}")
+            if not is_loopback(host) and not self.allow_remote_grpc:
+                raise ValueError(
+                    f"--grpc-address {self.grpc_address} is not a loopback address and the Device API is "
+                    "unauthenticated; pass --allow-remote-grpc to serve it beyond this host")
         if self.unix_socket and not self.unix_socket.startswith("/"):
             raise ValueError(f"--unix-socket must be an absolute path, got {self.unix_socket!r}")
+        if len(self.unix_socket.encode()) > 107:
+            raise ValueError(f"--unix-socket must be at most 107 bytes long (a unix socket address), got "
+                             f"{len(self.unix_socket.encode())}")
         if not 0 <= self.socket_mode <= 0o777:
-            raise ValueError(f"--socket-mode must be permission bits (e.g. 0o660), got {self.socket_mode!r}")
+            raise ValueError(f"--socket-mode must be permission bits such as 0660, got {self.socket_mode:o}")
         for name in ("health_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
-        for name in ("shutdown_timeout", "shutdown_delay", "ready_timeout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("bookmark_interval", "keepalive_time", "keepalive_timeout", "watch_rate"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("max_gpus", "max_conditions", "watch_buffer", "max_watchers", "watch_burst",
-                     "max_concurrent_streams"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_object_bytes < 64:
-            raise ValueError(f"--max-object-bytes must be >= 64, got {self.max_object_bytes}")
-        if self.max_recv_bytes < self.max_object_bytes + 1024:
-            raise ValueError("--max-recv-bytes must exceed --max-object-bytes by at least 1024")
+            check_range(_flag(name), getattr(self, name), 0, 65535)
+        for name, low, high in (("shutdown_timeout", 0, 3600), ("shutdown_delay", 0, 3600),
+                                ("ready_timeout", 0, 86400), ("bookmark_interval", 0.05, 3600),
+                                ("keepalive_time", 1, 86400), ("keepalive_timeout", 0.1, 3600),
+                                ("watch_rate", 0.001, 1e6)):
+            check_range(_flag(name), getattr(self, name), low, high, " seconds" if "rate" not in name else "/s")
+        for name, high in (("max_gpus", 16384), ("max_conditions", 4096), ("watch_buffer", 65536),
+                           ("max_watchers", 65536), ("max_watchers_per_peer", 65536),
+                           ("max_connections_per_peer", 65536), ("watch_burst", 1_000_000),
+                           ("max_concurrent_streams", 65536)):
+            check_range(_flag(name), getattr(self, name), 1, high)
+        check_range("--max-object-bytes", self.max_object_bytes, 64, 16 * 1024 * 1024)
+        check_range("--max-recv-bytes", self.max_recv_bytes, self.max_object_bytes + 1024, GRPC_INT_MAX,
+                    " (--max-object-bytes + 1024 .. gRPC's limit)")
+        check_range("--max-list-bytes", self.max_list_bytes, self.max_object_bytes + 1024, GRPC_INT_MAX - 4096,
+                    " (one GPU at least .. gRPC's limit)")
+        check_range("--max-list-bytes-in-flight", self.max_list_bytes_in_flight, self.max_list_bytes, 2**40,
+                    " (--max-list-bytes at least)")
         check_logging(self.log_format, self.log_level)
         check_nvml_settings(self.nvml_ignored_xids, self.nvml_reset_command, fake=self.fake_nvml,
                             fake_topology=self.fake_nvml_topology, fake_control=self.fake_nvml_control)
@@ -98,6 +143,15 @@ class DeviceApiSettings:
             raise ValueError("--fake-nvml needs --enable-nvml-provider")
 
     @property
+    def remote_grpc(self) -> bool:
+        """The TCP listener is reachable from beyond this host (allowed by --allow-remote-grpc)."""
+        return bool(self.grpc_address) and not is_loopback(self.grpc_address.rpartition(":")[0])
+
+    @property
     def max_send_bytes(self) -> int:
-        """A full list (every GPU at its size cap) always fits in one response."""
-        return self.max_gpus * (self.max_object_bytes + 16) + 1024
+        """The largest response: a list at its cap (watch events and single GPUs are smaller)."""
+        return max(self.max_list_bytes, self.max_object_bytes + 1024) + 1024
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

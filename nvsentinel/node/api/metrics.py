@@ -13,6 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "device_api_server"
 OPERATIONS = ("create", "update", "update_status", "delete")
+#: Why a call or connection was refused for who made it or what it would cost (not for what it asked).
+REFUSALS = ("watchers_per_peer", "connections_per_peer", "list_too_large", "list_busy", "not_via_socket")
 METHODS = ("GetGpu", "ListGpus", "WatchGpus", "CreateGpu", "UpdateGpu", "UpdateGpuStatus", "DeleteGpu")
 
 
@@ -56,6 +58,11 @@ class ServerMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the server is ready to serve reads", registry=r)
+        self.refused = Counter(
+            f"{PREFIX}_refused", "calls and connections refused by a per-client or memory bound, by reason",
+            ["reason"], registry=r)
+        for reason in REFUSALS:
+            self.refused.labels(reason)
         for op in OPERATIONS:
             self.cache_updates.labels(op)
         for kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):

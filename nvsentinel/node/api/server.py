@@ -9,6 +9,11 @@ A companion (the daemon passes the embedded NVML provider with `--enable-nvml-pr
 nvsentinel.node.nvml.embedded) starts once the listeners are up, as a client of this server like any
 other writer; the server knows only the `Companion` protocol.
 
+Listeners: the unix socket (`--unix-socket`, the default) is served by `PeerRelay`
+(nvsentinel.node.api.peers), which knows each client's uid and pid and relays to gRPC's private
+abstract-namespace listener; TCP (`--grpc-address`) only when asked, loopback unless
+`--allow-remote-grpc`. A port or socket that cannot be bound is a `BindError` naming its flag.
+
 Shutdown (SIGTERM): the companion stops → not ready (readyz 503, gRPC health
 NOT_SERVING) → `shutdown_delay` → watch streams end with UNAVAILABLE (clients resume from their last RV) → in-flight RPCs drain within
 `shutdown_timeout` → the unix socket is removed.
@@ -34,10 +39,39 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from nvsentinel import store as store_mod
 from nvsentinel.node.api.config import DeviceApiSettings
 from nvsentinel.node.api.metrics import ServerMetrics
+from nvsentinel.node.api.peers import PeerRegistry, PeerRelay, private_address
 from nvsentinel.node.api.servicer import SERVICE, GpuServicer
 from nvsentinel.service.http import HttpEndpoint
 
 logger = logging.getLogger(__name__)
+
+
+class BindError(OSError):
+    """A listener could not be set up where its flag says (a busy port, a live server on the socket)."""
+
+    def __init__(self, flag: str, where: str, reason: object) -> None:
+        super().__init__(f"{flag}: cannot listen on {where}: {reason}")
+        self.flag = flag
+
+
+def _probe_tcp(address: str) -> None:
+    """Bind `host:port` once and let go, so a busy port is refused with its flag before gRPC's own
+    bind fails (which logs a multi-line error of its own)."""
+    host, _, port = address.rpartition(":")
+    if int(port) == 0:
+        return
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise BindError("--grpc-address", address, exc) from None
+    for family, kind, proto, _, sockaddr in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                raise BindError("--grpc-address", address, exc.strerror or exc) from None
 
 
 class ReadinessGate:
@@ -114,7 +148,14 @@ class DeviceApiServer:
         self.health = health.aio.HealthServicer()
         self.gate = ReadinessGate(self.store, settings.ready_timeout, self._readiness_changed)
         self.epoch = uuid.uuid4().hex
-        self.servicer = GpuServicer(self.store, self.gate, self.metrics, self.epoch)
+        self.peers = PeerRegistry()
+        self.servicer = GpuServicer(
+            self.store, self.gate, self.metrics, self.epoch, peers=self.peers,
+            max_watchers_per_peer=settings.max_watchers_per_peer, max_list_bytes=settings.max_list_bytes,
+            max_list_bytes_in_flight=settings.max_list_bytes_in_flight,
+        )
+        self.relay: PeerRelay | None = None
+        self._socket_bound = False
         self._extra_handlers = list(extra_handlers)
         self._server: grpc.aio.Server | None = None
         self._http: list[HttpEndpoint] = []
@@ -148,12 +189,45 @@ class DeviceApiServer:
     # ---- start ----
 
     async def start(self) -> None:
+        """Bind every listener (HTTP first: nothing to undo if its port is busy), then serve; on any
+        failure, undo what was started and raise (`BindError` names the flag at fault)."""
         s = self.settings
-        logger.info(
-            "starting device API server",
-            extra={"kv": {"node": s.node_name, "store": store_mod.IMPLEMENTATION, "grpc": s.grpc_address or "-", "unix": s.unix_socket or "-"}},
-        )
         self._stopping = asyncio.Event()
+        try:
+            await self._start_http()
+            await self._start_grpc()
+        except BaseException:
+            await self._undo_start()
+            raise
+        self._tasks.append(asyncio.create_task(self._ready_timer()))
+        self._tasks.append(asyncio.create_task(self._bookmarks()))
+        if s.remote_grpc:
+            logger.warning("gRPC listens beyond this host (--allow-remote-grpc): anyone who reaches it can "
+                           "read and write GPU state; the Device API has no authentication",
+                           extra={"kv": {"grpc_address": s.grpc_address}})
+        logger.info("listening", extra={"kv": {
+            "node": s.node_name, "store": store_mod.IMPLEMENTATION, "grpc_port": self.tcp_port or "-",
+            "unix": s.unix_socket or "-", "health_port": self.health_port, "metrics_port": self.metrics_port}})
+        if self._companion_factory is not None:
+            await self._start_companion(self._companion_factory(
+                server_address(s.unix_socket, s.grpc_address, self.tcp_port)))
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        health_ep = HttpEndpoint(s.http_bind_address, s.health_port, {
+            "/healthz": self._alive, "/livez": self._alive, "/readyz": self._readyz,
+        })
+        metrics_ep = HttpEndpoint(s.http_bind_address, s.metrics_port, {"/metrics": self._scrape})
+        for flag, ep in (("--health-port", health_ep), ("--metrics-port", metrics_ep)):
+            try:
+                await ep.start()
+            except OSError as exc:
+                raise BindError(flag, f"{ep.host}:{ep.requested_port}", exc.strerror or exc) from None
+            self._http.append(ep)
+        self.health_port, self.metrics_port = health_ep.port, metrics_ep.port
+
+    async def _start_grpc(self) -> None:
+        s = self.settings
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_recv_bytes),
@@ -172,39 +246,32 @@ class DeviceApiServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.metrics.ready.set(0)
         if s.grpc_address:
-            self.tcp_port = server.add_insecure_port(s.grpc_address)
-            if not self.tcp_port:
-                raise OSError(f"cannot listen on {s.grpc_address}")
-        if s.unix_socket:
-            self._prepare_socket(s.unix_socket)
-            old = os.umask(0o777 & ~s.socket_mode)
+            _probe_tcp(s.grpc_address)
             try:
-                if not server.add_insecure_port(f"unix://{s.unix_socket}"):
-                    raise OSError(f"cannot listen on {s.unix_socket}")
-            finally:
-                os.umask(old)
-        await server.start()
+                self.tcp_port = server.add_insecure_port(s.grpc_address)
+            except RuntimeError as exc:
+                raise BindError("--grpc-address", s.grpc_address, exc) from None
+            if not self.tcp_port:
+                raise BindError("--grpc-address", s.grpc_address, "no port bound")
         if s.unix_socket:
-            os.chmod(s.unix_socket, s.socket_mode)
+            try:
+                self._prepare_socket(s.unix_socket)
+            except OSError as exc:
+                raise BindError("--unix-socket", s.unix_socket, exc) from None
+            private, target = private_address()
+            if not server.add_insecure_port(private):
+                raise OSError(f"cannot listen on {private}")
+            self.relay = PeerRelay(s.unix_socket, s.socket_mode, target, self.peers,
+                                   max_connections_per_peer=s.max_connections_per_peer,
+                                   on_refused=lambda reason: self.metrics.refused.labels(reason).inc())
+        await server.start()
         self._server = server
-
-        health_ep = HttpEndpoint(s.http_bind_address, s.health_port, {
-            "/healthz": self._alive, "/livez": self._alive, "/readyz": self._readyz,
-        })
-        metrics_ep = HttpEndpoint(s.http_bind_address, s.metrics_port, {"/metrics": self._scrape})
-        for ep in (health_ep, metrics_ep):
-            await ep.start()
-            self._http.append(ep)
-        self.health_port, self.metrics_port = health_ep.port, metrics_ep.port
-        self._tasks.append(asyncio.create_task(self._ready_timer()))
-        self._tasks.append(asyncio.create_task(self._bookmarks()))
-        logger.info(
-            "listening",
-            extra={"kv": {"grpc_port": self.tcp_port or "-", "unix": s.unix_socket or "-", "health_port": self.health_port, "metrics_port": self.metrics_port}},
-        )
-        if self._companion_factory is not None:
-            await self._start_companion(self._companion_factory(
-                server_address(s.unix_socket, s.grpc_address, self.tcp_port)))
+        if self.relay is not None:
+            try:
+                await self.relay.start()
+            except OSError as exc:
+                raise BindError("--unix-socket", s.unix_socket, exc.strerror or exc) from None
+            self._socket_bound = True
 
     async def _start_companion(self, companion: Companion) -> None:
         """A failure stops the server and raises."""
@@ -215,6 +282,20 @@ class DeviceApiServer:
             raise
         self.companion = companion
 
+    async def _undo_start(self) -> None:
+        """Close what a failed start opened, quietly: the caller reports the one reason."""
+        self._stopped = True
+        self.store.close()
+        if self.relay is not None:
+            await self.relay.close()
+        if self._server is not None:
+            await self._server.stop(grace=0)
+        for ep in self._http:
+            await ep.stop()
+        if self._socket_bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.unix_socket)
+
     @staticmethod
     def _prepare_socket(path: str) -> None:
         """Create the socket's directory; remove a stale socket, refuse a live one."""
@@ -224,7 +305,7 @@ class DeviceApiServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(mode):
-            raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+            raise OSError("it exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
@@ -234,7 +315,7 @@ class DeviceApiServer:
             return
         finally:
             probe.close()
-        raise OSError(f"another server is listening on {path}")
+        raise OSError("another server is listening on it")
 
     # ---- HTTP routes ----
 
@@ -265,8 +346,12 @@ class DeviceApiServer:
         self.gate.shutdown()
         await asyncio.sleep(delay)
         self.store.close()  # open watch streams end with UNAVAILABLE after their pending events
+        if self.relay is not None:
+            self.relay.stop_accepting()  # connections already made keep relaying while calls drain
         if self._server is not None:
             await self._server.stop(grace=timeout)
+        if self.relay is not None:
+            await self.relay.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -274,7 +359,7 @@ class DeviceApiServer:
                 await task
         for ep in self._http:
             await ep.stop()
-        if s.unix_socket:
+        if self._socket_bound:  # ours; never a live server's we refused to replace
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(s.unix_socket)
         if self._stopping is not None:

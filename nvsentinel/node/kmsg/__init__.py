@@ -1,4 +1,6 @@
-"""The kernel-log monitor (SPEC §5): follow /dev/kmsg or a log file, decode XIDs, write `KmsgHealthy`.
+"""The kernel-log monitor (SPEC §5): follow the kernel log (syslog(2), /dev/kmsg) or a log file, decode
+XIDs, write `KmsgHealthy`.
 
-`cursor` and `logic` are pure (no I/O); `monitor` does the reading and the Device API writes.
+`cursor`, `ring` and `logic` are pure (no I/O); `klogctl` is the syslog(2) call, `sources` the
+readers, `monitor` the loop and the Device API writes.
 """

@@ -1,247 +1,54 @@
-"""The kernel-log monitor loop: a source (file or /dev/kmsg) → the XID decoder → KmsgHealthy.
+"""The kernel-log monitor loop: a source (syslog(2), /dev/kmsg, a file) → the XID decoder → KmsgHealthy.
 
-One thread: read what is new, decode it, apply each GPU event to the server (read the GPU, decide
-from its current KmsgHealthy condition, merge by type, write with the resource version, retry on
-Conflict), then persist the cursor. The cursor advances only after the events before it were
+One thread: read what is new (`sources`: complete lines, each with the position after it), decode
+it line by line, apply each GPU event to the server (read the GPU, decide from its current
+KmsgHealthy condition, merge by type, write with the resource version, retry on Conflict), then
+persist the cursor. The cursor only ever records a line boundary after the lines before it were
 applied, so a crash replays at most one batch — and re-applying is harmless (a fatal finding that
 is already there is "not-worse": no write).
+
+A line that makes the decoder or the handler raise is skipped (counted, logged), never retried
+forever. A line that kills the process outright (the decoder crashing, the process being killed
+while on it) is caught by the in-flight marker of the file cursor: before a batch of lines is
+handled the state file says so; a run that finds the marker handles those lines one at a time,
+and a line in flight at POISON_DEATHS deaths is skipped. Waiting for the Device API does not
+count: the marker is cleared while the monitor only waits for the server.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Final
 
 from nvsentinel import errors
 from nvsentinel.node.kmsg import cursor as cursor_mod
 from nvsentinel.node.kmsg import logic
+from nvsentinel.node.kmsg.metrics import KmsgMetrics
+from nvsentinel.node.kmsg.sources import (
+    BOOT_ID_PATH, DEFAULT_MAX_LINE_BYTES, READ_SIZE, FifoSource, FileSource, KmsgSource, Line, SourceError,
+    SyslogSource, open_source, parse_kmsg_record,
+)
 from nvsentinel.policy import conditions
 from nvsentinel.xid import (
     KIND_FALLEN_OFF_BUS, KIND_GPU_RESET, KIND_PCI_MAPPING, KIND_XID, Catalog, Decoder, XidEvent, default_catalog,
 )
 
-__all__ = ["SourceError", "KmsgMonitor", "BOOT_ID_PATH", "parse_kmsg_record"]
+__all__ = [
+    "SourceError", "KmsgMonitor", "BOOT_ID_PATH", "READ_SIZE", "POISON_DEATHS", "parse_kmsg_record", "open_source",
+    "FileSource", "KmsgSource", "FifoSource", "SyslogSource", "Line",
+]
 
 logger = logging.getLogger(__name__)
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-READ_SIZE = 1 << 20
-SERVER_BACKOFF = (0.1, 5.0)
+SERVER_BACKOFF: Final = (0.1, 5.0)
+POISON_DEATHS: Final = 3
+"""Runs that may die with the same line in flight before it is skipped: the first death is inside
+a batch (the next run then goes line by line), the later ones on that very line."""
 
-
-class SourceError(RuntimeError):
-    """The source cannot be opened (clear message; the daemon exits 1)."""
-
-
-def parse_kmsg_record(record: bytes) -> tuple[int, bytes] | None:
-    """(sequence number, first line with its header) of one /dev/kmsg record, or None if malformed."""
-    line = record.split(b"\n", 1)[0]
-    header, sep, _ = line.partition(b";")
-    fields = header.split(b",")
-    if not sep or len(fields) < 3:
-        return None
-    try:
-        return int(fields[1]), line + b"\n"
-    except ValueError:
-        return None
-
-
-class _FileSource:
-    """A regular file, followed across rotation (new inode at the path) and truncation."""
-
-    kind = "file"
-
-    def __init__(self, path: str, cur: cursor_mod.Cursor) -> None:
-        self.path = path
-        self._fd = self._open()
-        st = os.fstat(self._fd)
-        self.inode = st.st_ino
-        self.offset = cursor_mod.file_start_offset(cur, st.st_ino, st.st_size)
-        self._tail = b""
-        logger.info("following file", extra={"kv": {"path": path, "inode": self.inode, "offset": self.offset,
-                                                     "resumed": self.offset > 0}})
-
-    def _open(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise SourceError(f"cannot open --source {self.path!r}: {exc.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise SourceError(f"--source {self.path!r} is not a regular file, a FIFO or a character device")
-        return fd
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _read_lines(self) -> bytes:
-        data = os.pread(self._fd, READ_SIZE, self.offset + len(self._tail))
-        if not data:
-            return b""
-        data = self._tail + data
-        cut = data.rfind(b"\n") + 1
-        self._tail = data[cut:]
-        self.offset += cut
-        return data[:cut]
-
-    def read(self) -> list[bytes]:
-        """Complete new lines (as one chunk), following rotation/truncation."""
-        chunk = self._read_lines()
-        if chunk:
-            return [chunk]
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return []  # rotation in progress: keep the old file until the new one appears
-        if st.st_ino != self.inode:
-            out = []
-            while True:  # drain what the old file still had
-                chunk = self._read_lines()
-                if not chunk:
-                    break
-                out.append(chunk)
-            if self._tail:
-                out.append(self._tail + b"\n")
-            self.close()
-            try:
-                self._fd = self._open()
-            except SourceError as exc:
-                logger.warning("rotated file not readable yet", extra={"kv": {"error": str(exc)}})
-                self._fd = os.open(os.devnull, os.O_RDONLY)  # retried at the next poll (inode differs)
-                self.inode = -1
-                return out
-            self.inode, self.offset, self._tail = os.fstat(self._fd).st_ino, 0, b""
-            logger.info("file rotated; following the new file from its start",
-                        extra={"kv": {"path": self.path, "inode": self.inode}})
-            return out
-        if st.st_size < self.offset + len(self._tail):
-            logger.info("file truncated; reading from its start",
-                        extra={"kv": {"path": self.path, "size": st.st_size, "offset": self.offset}})
-            self.offset, self._tail = 0, b""
-        return []
-
-    def update(self, cur: cursor_mod.Cursor) -> None:
-        cur.kind, cur.inode, cur.offset = "file", self.inode, self.offset
-
-
-class _KmsgSource:
-    """/dev/kmsg (or another character device speaking its record format): one record per read."""
-
-    kind = "kmsg"
-
-    def __init__(self, path: str, cur: cursor_mod.Cursor, boot_id_path: str = BOOT_ID_PATH, fd: int | None = None) -> None:
-        """`fd`: an already open non-blocking descriptor with record boundaries (tests)."""
-        self.path = path
-        try:
-            with open(boot_id_path, encoding="ascii") as fh:
-                self.boot_id = fh.read().strip()
-        except OSError:
-            self.boot_id = ""
-        if fd is not None:
-            self._fd = fd
-        else:
-            try:
-                self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                raise SourceError(f"cannot open --source {path!r}: {exc.strerror}") from None
-        self.seq = cur.seq if cur.kind == "kmsg" and cur.boot_id == self.boot_id else -1
-        self._probe = cursor_mod.Cursor(kind="kmsg", boot_id=self.boot_id, seq=self.seq)
-        logger.info("following kmsg", extra={"kv": {"path": path, "boot_id": self.boot_id, "after_seq": self.seq}})
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def read(self) -> list[bytes]:
-        out = []
-        for _ in range(4096):
-            try:
-                record = os.read(self._fd, 8192)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EPIPE:  # records overwritten before we read them
-                    logger.warning("kmsg: records were lost (ring buffer overrun)", extra={"kv": {}})
-                    continue
-                raise
-            if not record:
-                break
-            parsed = parse_kmsg_record(record)
-            if parsed is None:
-                continue
-            seq, line = parsed
-            if not cursor_mod.kmsg_is_new(self._probe, self.boot_id, seq):
-                continue
-            self._probe.seq = seq
-            self.seq = seq
-            out.append(line)
-        return out
-
-    def update(self, cur: cursor_mod.Cursor) -> None:
-        cur.kind, cur.boot_id, cur.seq = "kmsg", self.boot_id, self.seq
-
-
-class _FifoSource:
-    """A named pipe (e.g. `journalctl -kf -o cat > FIFO`): lines as they arrive, across writers.
-
-    A pipe keeps no history, so there is nothing to replay and no cursor to keep.
-    """
-
-    kind = "fifo"
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            # O_NONBLOCK: opening the read end does not wait for a writer
-            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise SourceError(f"cannot open --source {path!r}: {exc.strerror}") from None
-        self._tail = b""
-        logger.info("following fifo", extra={"kv": {"path": path}})
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def read(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                data = os.read(self._fd, READ_SIZE)
-            except BlockingIOError:
-                break
-            if not data:  # no writer right now; a later writer's lines arrive on the same end
-                break
-            data = self._tail + data
-            cut = data.rfind(b"\n") + 1
-            self._tail = data[cut:]
-            if cut:
-                out.append(data[:cut])
-        return out
-
-    def update(self, cur: cursor_mod.Cursor) -> None:
-        cur.kind = "fifo"
-
-
-def open_source(path: str, cur: cursor_mod.Cursor) -> _FileSource | _KmsgSource | _FifoSource:
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise SourceError(f"cannot open --source {path!r}: {exc.strerror}") from None
-    if stat.S_ISCHR(st.st_mode):
-        return _KmsgSource(path, cur)
-    if stat.S_ISFIFO(st.st_mode):
-        return _FifoSource(path)
-    return _FileSource(path, cur)
+# the names the tests and older callers used
+_FileSource, _KmsgSource, _FifoSource = FileSource, KmsgSource, FifoSource
 
 
 class KmsgMonitor:
@@ -256,6 +63,8 @@ class KmsgMonitor:
         poll_interval: float = 0.2,
         catalog: Catalog | None = None,
         node_name: str = "",
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        metrics: KmsgMetrics | None = None,
     ) -> None:
         self.client = client
         self.source_path = source
@@ -265,6 +74,7 @@ class KmsgMonitor:
         self.poll_interval = poll_interval
         self.catalog = catalog if catalog is not None else default_catalog()
         self.node_name = node_name
+        self.metrics = metrics if metrics is not None else KmsgMetrics()
         self.stop_event = threading.Event()
         self._warned: set[str] = set()
         self.cursor, problem = cursor_mod.load(state_file)
@@ -280,7 +90,15 @@ class KmsgMonitor:
                 pass
         self.cursor.pci_to_uuid = pci_map
         self.decoder = Decoder(self.catalog, pci_map)
-        self.source = open_source(source, self.cursor)
+        self.source: FileSource | KmsgSource | FifoSource | SyslogSource = open_source(
+            source, self.cursor, max_line_bytes=max_line_bytes, metrics=self.metrics)
+        # the crash guard (file sources): lines up to `_careful` (inode, end) are handled one at a
+        # time, each marked in flight with `_deaths`; `_arm_to` is the end of the lines being handled
+        self._careful: tuple[int, int] | None = None
+        self._deaths = 0
+        self._arm_to: int | None = None
+        self._armed = False
+        self._last_run_died()
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -354,10 +172,14 @@ class KmsgMonitor:
         backoff = SERVER_BACKOFF[0]
         warned = False
         while not self.stop_event.is_set():
+            if self._arm_to is not None and not self._armed:
+                self._write_marker()  # handling again after a wait: a death from here on counts
             try:
                 self.handle(ev)
                 return True
             except errors.Unavailable as exc:
+                if self._armed:
+                    self._clear_marker()  # only waiting for the server: being killed now is no poison
                 if not warned:
                     logger.warning("device api unreachable; retrying with backoff",
                                    extra={"kv": {"address": getattr(self.client, "address", ""), "error": str(exc)}})
@@ -371,23 +193,122 @@ class KmsgMonitor:
                 return True
         return False
 
+    def _apply_line(self, line: Line) -> bool:
+        """Decode one line and apply its events; False only when stopping. Never raises for a line."""
+        if not line.data:
+            return True  # dropped by the source (counted and logged there)
+        try:
+            events = self.decoder.feed(line.data)
+        except Exception as exc:  # noqa: BLE001 - a line must not stop the monitor
+            self._poisoned(line, "decoder_error", exc)
+            self.decoder = Decoder(self.catalog, self.cursor.pci_to_uuid)  # its state is unknown now
+            return True
+        for ev in events:
+            try:
+                if not self._handle_with_retry(ev):
+                    return False
+            except Exception as exc:  # noqa: BLE001 - a line must not stop the monitor
+                self._poisoned(line, "handler_error", exc)
+                break
+        return True
+
+    def _poisoned(self, line: Line, reason: str, exc: BaseException) -> None:
+        self.metrics.lines_skipped.labels(reason).inc()
+        logger.error("kernel log line could not be handled; skipped", exc_info=exc, extra={"kv": {
+            "source": self.source_path, "reason": reason, "end": line.end, "bytes": len(line.data),
+            "line": line.data[:200].decode("utf-8", "replace").rstrip("\n"),
+            "skipped_total": int(self.metrics.value("nvsentinel_kmsg_lines_skipped", reason=reason))}})
+
+    # --- the crash guard ------------------------------------------------------------------------
+
+    def _guarded(self) -> bool:
+        return self.source.kind == "file"
+
+    def _last_run_died(self) -> None:
+        """Act on an in-flight marker left by a run that died (module docstring)."""
+        cur = self.cursor
+        if not cur.has_inflight():
+            cur.clear_inflight()
+            return
+        start, end, deaths = cur.inflight_from, cur.inflight_to, cur.deaths + 1
+        cur.clear_inflight()
+        src = self.source
+        if not isinstance(src, FileSource) or (cur.kind, cur.inode, cur.offset) != ("file", src.inode, start) \
+                or src.boundary != start:
+            return  # the file changed since: the marker says nothing about what is there now
+        kv = {"path": self.source_path, "inode": src.inode, "from": start, "to": end, "deaths": deaths}
+        if deaths < POISON_DEATHS:
+            self._careful, self._deaths = (src.inode, end), deaths
+            logger.warning("the previous run died handling these lines; handling them one at a time",
+                           extra={"kv": kv})
+            return
+        self.metrics.lines_skipped.labels("crashed").inc()
+        kv["skipped_total"] = int(self.metrics.value("nvsentinel_kmsg_lines_skipped", reason="crashed"))
+        logger.error("the monitor died every time it handled this kernel log line; skipped", extra={"kv": kv})
+        src.skip_to(end)
+        src.update(cur)
+        self.save()
+
+    def _group_end(self, lines: list[Line], i: int) -> int:
+        """Lines [i, result) are handled under one in-flight marker."""
+        if self._careful is not None:
+            inode, end = self._careful
+            if lines[i].inode == inode and lines[i].end <= end:
+                return i + 1
+            self._careful, self._deaths = None, 0
+        return len(lines)
+
+    def _write_marker(self) -> None:
+        assert self._arm_to is not None
+        cur = self.cursor
+        cur.inflight_from, cur.inflight_to, cur.deaths = cur.offset, self._arm_to, self._deaths
+        self._armed = True
+        self.save(durable=False)
+
+    def _clear_marker(self) -> None:
+        self.cursor.clear_inflight()
+        self._armed = False
+        self.save(durable=False)
+
     # --- run ------------------------------------------------------------------------------------
+
+    def _apply_lines(self, lines: list[Line]) -> bool:
+        """Handle `lines` in order, moving the (in-memory) cursor after each; False when stopping."""
+        i = 0
+        while i < len(lines):
+            j = self._group_end(lines, i) if self._guarded() else len(lines)
+            if self._guarded():
+                self._arm_to = lines[j - 1].end
+                self._write_marker()
+            for line in lines[i:j]:
+                if not self._apply_line(line):
+                    return False
+                self.source.commit(self.cursor, line)
+            i = j
+        return True
 
     def step(self) -> bool:
         """Read and apply what is new; persist the cursor. False when there was nothing new."""
-        chunks = self.source.read()
-        for chunk in chunks:
-            for ev in self.decoder.feed(chunk):
-                if not self._handle_with_retry(ev):
-                    return False  # stopping: the cursor stays before the unapplied events
-        if chunks or self.cursor.kind != self.source.kind:
-            self.source.update(self.cursor)
+        lines = self.source.read()
+        before = self._position()
+        done = not lines or self._apply_lines(lines)
+        self._arm_to, self._armed = None, False
+        self.cursor.clear_inflight()
+        if not done:
+            self.save()  # stopping: the cursor stays before the line that was not applied
+            return False
+        self.source.update(self.cursor)
+        if lines or before != self._position():
             self.save()
-        return bool(chunks)
+        return bool(lines)
 
-    def save(self) -> None:
+    def _position(self) -> tuple[object, ...]:
+        cur = self.cursor
+        return cur.kind, cur.boot_id, cur.inode, cur.offset, cur.seq, cur.ts, cur.nth
+
+    def save(self, durable: bool = True) -> None:
         try:
-            cursor_mod.save(self.state_file, self.cursor)
+            cursor_mod.save(self.state_file, self.cursor, durable=durable)
         except OSError as exc:
             self._warn_once("state", "cannot write the state file; a restart may re-read old lines",
                             {"state_file": self.state_file, "error": str(exc)})

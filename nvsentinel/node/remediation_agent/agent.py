@@ -103,6 +103,7 @@ class RemediationAgent:
         backoff_max: float = 30.0,
         watch_timeout: int = 240,
         clock: Callable[[], float] = time.monotonic,
+        read_kube: Any = None,
     ) -> None:
         if resync_period <= 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("resync_period and backoff_initial must be > 0, backoff_max >= backoff_initial")
@@ -120,8 +121,9 @@ class RemediationAgent:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_ok = True
-        #: This node's HealthEvents (list + watch by label, relist on 410); runs on its own event loop.
-        self.healthevents = Informer(AsyncKube(kube), HEALTHEVENTS, label_selector=self.label_selector,
+        #: This node's HealthEvents (list + watch by label, relist on 410); runs on its own event loop. Read
+        #: through `read_kube` (the node view: this node's events only) where given; creates go to `kube`.
+        self.healthevents = Informer(AsyncKube(read_kube or kube), HEALTHEVENTS, label_selector=self.label_selector,
                                      resync_period=resync_period, watch_timeout=watch_timeout,
                                      backoff_max=min(backoff_max, 10.0))
         self.healthevents.add_handler(self.on_healthevent)

@@ -40,6 +40,12 @@ class RemediationAgentSettings:
         30.0, help="seconds: the longest wait between retries after a Kubernetes or Device API failure "
         "(100 ms doubling up to this, with jitter)"
     )
+    healthevents_server: str = setting(
+        "", help="read this node's HealthEvents through nvsentinel's node view at this https URL (the chart's "
+        "<prefix>-admission Service), which holds a node's credential to its own node's events; empty: read them "
+        "from the API server (needs list/watch on every node's events)", metavar="URL")
+    healthevents_ca_file: str = setting("", help="PEM CA bundle that signed the node view's certificate",
+                                        metavar="PATH")
     health_port: int = setting(8084, help="HTTP port for /healthz, /livez and /readyz; 0: off")
     metrics_port: int = setting(0, help="HTTP port for Prometheus /metrics; 0: off")
     http_bind_address: str = setting("127.0.0.1", help="address the HTTP ports bind (0.0.0.0 in a pod, for probes)")
@@ -52,3 +58,7 @@ class RemediationAgentSettings:
         if not 0.1 <= self.backoff_max <= 3600:
             raise ValueError(f"--backoff-max must be 0.1..3600 seconds, got {self.backoff_max}")
         check_node_daemon(self.health_port, self.metrics_port, self.node_name, self.log_format, self.log_level)
+        if self.healthevents_server and not self.healthevents_server.startswith("https://"):
+            raise ValueError(f"--healthevents-server must be an https:// URL, got {self.healthevents_server[:100]!r}")
+        if self.healthevents_server and not self.healthevents_ca_file:
+            raise ValueError("--healthevents-server needs --healthevents-ca-file (the node view's CA)")
