@@ -192,6 +192,8 @@ class DeviceApiClient:
         try:
             count, _, rv = _metadata(call, SNAPSHOT_KEY).partition(" ")
             if not count.isascii() or not count.isdigit() or not rv.isascii() or not rv.isdigit():
+                if call.done() and call.code() is not grpc.StatusCode.OK:
+                    raise error_from_rpc(call)  # the watch itself was refused (its own limit): say why
                 raise errors.Unavailable("the server sent no watch snapshot size; cannot list through a watch")
             gpus: dict[str, gpu_pb2.Gpu] = {}
             last = int(rv)

@@ -191,3 +191,29 @@ def test_the_watch_fallback_lists_exactly_what_listgpus_would(make_server):
     while server.server.servicer.list_bytes_in_flight and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.server.servicer.list_bytes_in_flight == 0
+
+
+def test_a_refused_fallback_watch_says_why(make_server):
+    """Verify a list too large for ListGpus whose fallback watch is refused too (the client already holds its
+    share of watches) fails with that refusal (RESOURCE_EXHAUSTED → LimitExceeded naming the limit), not with a
+    misleading "no snapshot size"."""
+    from nvsentinel import errors
+
+    server = make_server(max_object_bytes=4096, max_recv_bytes=70_000, max_list_bytes=5_000,
+                         max_list_bytes_in_flight=5_000, max_watchers_per_peer=1)
+    from gpus import status
+
+    wide = status(("Ready", "True"))
+    wide.conditions[0].message = "x" * 3000
+    for i in range(4):  # 4 × ~3 KiB: over the 5 000-byte list cap
+        server.run_sync(server.store.create, gpu(gpu_name(i)))
+        server.run_sync(server.store.update_status, gpu_name(i), wide)
+    with DeviceApiClient(server.unix) as c:
+        held = c.watch_gpus()
+        try:
+            next(iter(held))  # this client's one watch is in use
+            with pytest.raises(errors.LimitExceeded) as info:
+                c.list_gpus()
+            assert "max-watchers-per-peer" in str(info.value)
+        finally:
+            held.cancel()
