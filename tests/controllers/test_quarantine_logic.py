@@ -192,12 +192,25 @@ def test_rerun_after_the_node_patch_changes_nothing_and_keeps_the_reason():
     assert logic.plan_node(patched, "ev-2", now=T0, cfg=CFG).reason == "AlreadyQuarantined"
 
 
-def test_owned_node_someone_uncordoned_is_cordoned_again_for_a_new_event():
-    """Verify an owned node found schedulable is made unschedulable again and its taint restored."""
-    own = logic.Ownership(("ev-1",), T0, True)
-    plan = logic.plan_node(node(annotation=own.to_json()), "ev-2", now=T0, cfg=CFG)
-    assert plan.patch["spec"] == {"unschedulable": True, "taints": [OUR_TAINT]}
-    assert not plan.new_cordon
+@pytest.mark.parametrize("was_ours", [True, False])
+def test_a_node_someone_uncordoned_is_cordoned_again_as_ours_and_counted(was_ours):
+    """Verify an annotated node found schedulable (an operator uncordoned it with a fault open; or lifted a cordon
+    that was someone else's) is cordoned again for a new event, and that cordon is ours from now: owned, counted
+    by the breaker (new_cordon, since now), the new event first. Before, a record saying "not ours" survived the
+    re-cordon and resolution never lifted it."""
+    earlier = T0 - dt.timedelta(hours=2)
+    own = logic.Ownership(("ev-1",), earlier, was_ours)
+    plan = logic.plan_node(node(taints=[OUR_TAINT], annotation=own.to_json()), "ev-2", now=T0, cfg=CFG)
+    assert plan.patch["spec"] == {"unschedulable": True}
+    assert plan.new_cordon and (plan.reason, plan.action) == ("Cordoned", "cordon")
+    assert plan.ownership == logic.Ownership(("ev-2", "ev-1"), T0, True)
+    assert logic.our_cordons([{"metadata": {"name": "n1", "annotations": {
+        logic.ANNOTATION: plan.ownership.to_json()}}}]) == {"n1": T0}
+    # a rerun on the patched node: nothing to do, the same reason, no second count
+    patched = node(unschedulable=True, taints=[OUR_TAINT], annotation=plan.ownership.to_json())
+    again = logic.plan_node(patched, "ev-2", now=T0 + dt.timedelta(minutes=1), cfg=CFG)
+    assert again.patch is None and (again.reason, again.new_cordon) == ("Cordoned", False)
+    assert again.ownership == plan.ownership
 
 
 def test_malformed_annotation_is_replaced():

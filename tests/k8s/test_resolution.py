@@ -185,6 +185,36 @@ async def test_operator_uncordon_is_recorded_not_fought(env: Env) -> None:
         assert action(registry, "operator-uncordon") == 1, "recorded once, not on every reconcile"
 
 
+@pytest.mark.parametrize("first_cordon", ["ours", "someone else's"])
+async def test_replay_operator_uncordons_with_our_taint_on_then_a_second_fault(env: Env, first_cordon: str) -> None:
+    """Replay (issue 17): a fault quarantines a node; an operator uncordons it while our taint is still on; a second
+    fault arrives. The quarantine stage cordons again, and that cordon is ours whoever made the first one, so once
+    both faults are healthy resolution lifts it: never a node left cordoned with no open event."""
+    node_name, f1, f2, h1, h2 = (f"r-rp-{x}-{env.unique}" for x in ("n", "f1", "f2", "h1", "h2"))
+    env.node(node_name, unschedulable=first_cordon != "ours")
+    async with running(env) as registry:
+        for resource in ("healthevents", "nodes"):  # the shared informers' first lists, counted
+            assert (registry.get_sample_value("nvsentinel_controllers_informer_relists_total",
+                                              {"resource": resource}) or 0) >= 1, resource
+        env.event(f1, node_name, "GPU-a")
+        await eventually(lambda: (o := ownership(env.get_node(node_name))) and o["events"] == [f1]
+                         and o["cordonedByUs"] is (first_cordon == "ours"), what="the first fault quarantined")
+        await eventually(lambda: phase(env.get_event(f1)) == "Quarantined", what="f1 Quarantined")
+        env.kube.patch(NODES, node_name, {"spec": {"unschedulable": False}})  # the operator; our taint stays
+        await eventually(lambda: not env.get_node(node_name)["spec"].get("unschedulable"), what="uncordoned")
+        env.event(f2, node_name, "GPU-b")
+        node = await eventually(lambda: (n := env.get_node(node_name)) and n["spec"].get("unschedulable")
+                                and (o := ownership(n)) and f2 in o["events"] and n, what="cordoned again")
+        assert ownership(node)["cordonedByUs"] is True, "a cordon nvsentinel made is nvsentinel's"
+        env.event(h1, node_name, "GPU-a", healthy=True)
+        env.event(h2, node_name, "GPU-b", healthy=True)
+        await eventually(lambda: phase(env.get_event(f2)) == "Resolved", what="f2 Resolved")
+        node = await eventually(lambda: (n := env.get_node(node_name)) and ownership(n) is None and n,
+                                what="released")
+        assert not node["spec"].get("unschedulable"), "our cordon is lifted with the last open fault"
+        assert OUR_TAINT not in (node["spec"].get("taints") or [])
+
+
 async def test_dry_run_records_and_leaves_the_node(env: Env) -> None:
     """Verify dry-run writes the would-be resolution and leaves the node cordoned (a pre-quarantined node)."""
     node_name, fatal, healthy = f"r-d-{env.unique}", f"r-df-{env.unique}", f"r-dh-{env.unique}"

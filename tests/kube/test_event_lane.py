@@ -100,3 +100,23 @@ async def test_without_a_runner_an_event_is_sent_at_once_and_bad_types_are_refus
     assert [c[0] for c in server.calls] == ["create"] and rec.recorded == 1
     with pytest.raises(ValueError):
         await rec.event(NODE, "Bad", "X", "y")
+
+
+def test_informer_relists_are_read_from_the_informers_at_scrape_time() -> None:
+    """`nvsentinel_controllers_informer_relists_total{resource}` sums the informers' own relist counts, so it moves
+    with every relist (it was declared and never incremented)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from nvsentinel.k8s.runtime.metrics import _InformerCollector
+
+    informers = [SimpleNamespace(resource=SimpleNamespace(plural="nodes"), relists=1),
+                 SimpleNamespace(resource=SimpleNamespace(plural="healthevents"), relists=1),
+                 SimpleNamespace(resource=SimpleNamespace(plural="healthevents"), relists=2)]
+    registry = CollectorRegistry()
+    registry.register(_InformerCollector(lambda: informers))
+    value = registry.get_sample_value
+    assert value("nvsentinel_controllers_informer_relists_total", {"resource": "healthevents"}) == 3
+    informers[0].relists = 4  # a 410 Gone, three times
+    assert value("nvsentinel_controllers_informer_relists_total", {"resource": "nodes"}) == 4

@@ -94,11 +94,21 @@ def plan_node(node: Mapping[str, Any], event_name: str, *, now: _dt.datetime, cf
     unschedulable → someone else's cordon: `cordonedByUs: false`, we only add our taint. Our
     annotation present → add the event's name (the cordon was counted when it was made). A malformed
     annotation is treated as absent and overwritten with a valid record.
+
+    Annotation present but the node schedulable (an operator uncordoned it while a fault was open, or
+    lifted the cordon that was someone else's) → this plan cordons it again, and that cordon is ours:
+    the record says so from now (`cordonedByUs: true`, `since` now, this event first), and the breaker
+    counts it. Otherwise resolution would read "not ours" and never lift a cordon we made.
     """
     try:
         current = ownership_of(node)
     except ValueError:
         current = None
+    if current is not None and not _is_unschedulable(node):
+        others = tuple(e for e in current.events if e != event_name)
+        own = Ownership(events=(event_name, *others), since=now, cordoned_by_us=True)
+        return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg), reason="Cordoned", action="cordon",
+                        new_cordon=True)
     if current is None:
         by_us = not _is_unschedulable(node)
         own = Ownership(events=(event_name,), since=now, cordoned_by_us=by_us)

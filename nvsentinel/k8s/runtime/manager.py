@@ -64,8 +64,8 @@ class Manager:
         self.shutdown_timeout = shutdown_timeout
         self.metrics = ManagerMetrics(self.registry)
         self.recorder = EventRecorder(kube.lane("events", threads=8), component)
-        register_kube_collector(self.registry, kube, self.recorder)
         self.informers: dict[tuple[Any, ...], Informer] = {}
+        register_kube_collector(self.registry, kube, self.recorder, informers=lambda: list(self.informers.values()))
         self.reconcilers = list(reconcilers)
         self.contexts: dict[str, ControllerContext] = {}
         self.elector = (LeaderElector(kube.lane("leader", threads=2), leader_election,

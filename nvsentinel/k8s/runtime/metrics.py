@@ -6,8 +6,8 @@ several managers in one process do not collide.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -52,8 +52,6 @@ class ManagerMetrics:
         self.is_leader = Gauge("nvsentinel_controllers_leader", "1 while this process leads", registry=registry)
         self.leader_transitions = Counter("nvsentinel_controllers_leader_transitions_total",
                                           "Times this process became leader", registry=registry)
-        self.kube_requests_throttled = Counter("nvsentinel_controllers_informer_relists_total",
-                                               "Informer relists (410 Gone or start)", registry=registry)
 
 
 class _KubeCollector(Collector):
@@ -92,6 +90,27 @@ class _KubeCollector(Collector):
                                     "sent", value=len(self.recorder))
 
 
+class _InformerCollector(Collector):
+    """Each shared informer's relists (the first list, and every one after a 410 Gone or a failed watch), read at
+    scrape time from the informers themselves: a counter nobody increments cannot drift from them."""
+
+    def __init__(self, informers: Callable[[], Iterable[Any]]) -> None:
+        self.informers = informers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        relists = CounterMetricFamily("nvsentinel_controllers_informer_relists", "Informer relists (the first "
+                                      "list, then each after 410 Gone or a lost watch)", labels=["resource"])
+        totals: dict[str, int] = {}
+        for inf in self.informers():
+            totals[inf.resource.plural] = totals.get(inf.resource.plural, 0) + inf.relists
+        for resource, n in sorted(totals.items()):
+            relists.add_metric([resource], n)
+        yield relists
+
+
 def register_kube_collector(registry: CollectorRegistry, kube: AsyncKube,
-                            recorder: EventRecorder | None = None) -> None:
+                            recorder: EventRecorder | None = None,
+                            informers: Callable[[], Iterable[Any]] | None = None) -> None:
     registry.register(_KubeCollector(kube, recorder))
+    if informers is not None:
+        registry.register(_InformerCollector(informers))
