@@ -394,8 +394,7 @@ def test_permission_flapping(env):
     prefix: tuple[str, ...] = ()
     if os.geteuid() == 0:  # root ignores file modes: run the monitor without those capabilities
         setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and no setpriv to drop CAP_DAC_OVERRIDE")
+        assert setpriv, "running as root: setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE"
         prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--")
     mon = start(prefix=prefix)
     append(log, "".join(mapping(i) for i in range(N_GPUS)) + xid(0, 79))
@@ -403,8 +402,8 @@ def test_permission_flapping(env):
     probe = work / "probe"
     probe.write_text("x")
     probe.chmod(0)
-    if subprocess.run([*prefix, "cat", str(probe)], capture_output=True).returncode == 0:
-        pytest.skip("file modes are not enforced for the monitor here")
+    assert subprocess.run([*prefix, "cat", str(probe)], capture_output=True).returncode != 0, \
+        "file modes are not enforced for the monitor here: the test cannot take the permission away"
 
     new = work / "kern.log.new"
     new.write_text(xid(1, 48))
@@ -579,8 +578,7 @@ def test_unwritable_state_dir_exit_2(tmp_path):
     prefix: list[str] = []
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and no setpriv to drop CAP_DAC_OVERRIDE")
+        assert setpriv, "running as root: setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE"
         prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
     (tmp_path / "kern.log").write_text("")
     ro = tmp_path / "ro"

@@ -58,8 +58,19 @@ def syslog_works() -> bool:
         return False
 
 
-needs_syslog = pytest.mark.skipif(not syslog_works(), reason="syslog(2) is not permitted here")
-needs_kmsg_write = pytest.mark.skipif(not os.access("/dev/kmsg", os.W_OK), reason="cannot write /dev/kmsg")
+@pytest.fixture
+def syslog_available() -> None:
+    """The real system call is the point of these tests: where it cannot run they fail, never skip."""
+    assert syslog_works(), "syslog(2) READ_ALL is not permitted here (root, or CAP_SYSLOG, is needed)"
+
+
+@pytest.fixture
+def kmsg_writable() -> None:
+    assert os.access("/dev/kmsg", os.W_OK), "the tests write a marker to /dev/kmsg: run them as root"
+
+
+needs_syslog = pytest.mark.usefixtures("syslog_available")
+needs_kmsg_write = pytest.mark.usefixtures("kmsg_writable")
 
 
 def kmsg_write(text: str) -> None:
@@ -443,8 +454,7 @@ def _dmesg_restricted() -> bool:
         return False
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not _dmesg_restricted(),
-                    reason="needs root, setpriv and kernel.dmesg_restrict=1")
+@pytest.mark.usefixtures("dmesg_restricted")
 def test_without_cap_syslog_one_clear_line(tmp_path):
     """Verify a monitor without CAP_SYSLOG (root with it dropped from the bounding set, under
     kernel.dmesg_restrict=1) exits 1 at start with one line that names what to grant."""
@@ -458,8 +468,7 @@ def test_without_cap_syslog_one_clear_line(tmp_path):
     assert "syslog(2) is not permitted (EPERM)" in line and "CAP_SYSLOG" in line and "add: [SYSLOG]" in line
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not _dmesg_restricted(),
-                    reason="needs root, setpriv and kernel.dmesg_restrict=1")
+@pytest.mark.usefixtures("dmesg_restricted")
 def test_root_with_only_cap_syslog_starts(server, tmp_path):
     """Verify what the chart runs is enough: root with every capability dropped but SYSLOG, no new
     privileges, reads the ring (the monitor starts and saves its syslog cursor); and however long
@@ -481,14 +490,28 @@ def test_root_with_only_cap_syslog_starts(server, tmp_path):
         mon.close()
 
 
+DMESG_RESTRICT = Path("/proc/sys/kernel/dmesg_restrict")
+
+
+@pytest.fixture
+def dmesg_restricted():
+    """kernel.dmesg_restrict=1 for the test (restored after): then syslog(2) needs CAP_SYSLOG, which these tests
+    drop or keep with setpriv. Needs root and setpriv; where they are missing the tests fail, never skip."""
+    assert os.geteuid() == 0 and shutil.which("setpriv"), "these tests need root and setpriv (util-linux)"
+    before = DMESG_RESTRICT.read_text().strip()
+    if not _dmesg_restricted():
+        DMESG_RESTRICT.write_text("1")
+    try:
+        yield
+    finally:
+        DMESG_RESTRICT.write_text(before)
+
+
 @pytest.fixture
 def printk_time_off():
-    """Turn printk time stamps off in the running kernel for the test (restored after)."""
-    if os.geteuid() != 0 or not os.access(PRINTK_TIME, os.W_OK):
-        pytest.skip("cannot set printk.time")
+    """Turn printk time stamps off in the running kernel for the test (restored after, on or off as it was)."""
+    assert os.geteuid() == 0 and os.access(PRINTK_TIME, os.W_OK), "setting printk.time needs root"
     before = PRINTK_TIME.read_text().strip()
-    if before != "Y":
-        pytest.skip("printk.time is not on")
     PRINTK_TIME.write_text("N")
     try:
         yield
