@@ -67,7 +67,7 @@ def load() -> str:
         return "?"
 
 
-def _proc_status(pid: int, key: str) -> int:
+def proc_status(pid: int, key: str) -> int:
     """A /proc/<pid>/status value in KiB (VmRSS, VmHWM)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
@@ -84,7 +84,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def threads(pid: int) -> int:
-    return _proc_status(pid, "Threads")
+    return proc_status(pid, "Threads")
 
 
 @dataclasses.dataclass
@@ -123,10 +123,10 @@ class ServerProc:
         return f"127.0.0.1:{self.port}"
 
     def rss_kib(self) -> int:
-        return _proc_status(self.pid, "VmRSS")
+        return proc_status(self.pid, "VmRSS")
 
     def hwm_kib(self) -> int:
-        return _proc_status(self.pid, "VmHWM")
+        return proc_status(self.pid, "VmHWM")
 
     def cpu_s(self) -> float:
         return cpu_seconds(self.pid)

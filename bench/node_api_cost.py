@@ -45,9 +45,11 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests" / "api"))  # SubprocessServer: the real daemon, as the API tests start it
+sys.path.insert(0, str(HERE))  # apibench, also under PYTHONSAFEPATH
 
 import grpc  # noqa: E402
 import yaml  # noqa: E402
+from apibench import proc_status  # noqa: E402
 from apiserver import SubprocessServer, http_get, temp_socket_dir  # noqa: E402
 
 from nvsentinel._proto import gpu_pb2  # noqa: E402
@@ -75,15 +77,6 @@ def progress(line: str) -> None:
 
 
 # ---- /proc and the chart ---------------------------------------------------------------------------
-
-
-def proc_kib(pid: int, key: str) -> int:
-    """A /proc/<pid>/status value in KiB (VmRSS, VmHWM)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise KeyError(key)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -307,10 +300,10 @@ def memory(server: SubprocessServer, *, gpus: int, gpu_kib: int, clients: int, l
     t0 = time.perf_counter()
     store_rv = fill(server.unix, gpus, size, failures)
     fill_s = time.perf_counter() - t0
-    hwm_fill_kib = proc_kib(pid, "VmHWM")
-    rss_filled_kib = proc_kib(pid, "VmRSS")
+    hwm_fill_kib = proc_status(pid, "VmHWM")
+    rss_filled_kib = proc_status(pid, "VmRSS")
     reset = reset_peak(pid)
-    baseline_kib = proc_kib(pid, "VmHWM") if reset else rss_filled_kib  # after a reset: the RSS at that moment
+    baseline_kib = proc_status(pid, "VmHWM") if reset else rss_filled_kib  # after a reset: the RSS at that moment
     before = metrics(server)
 
     expected = {benchmarks.gpu_name(i) for i in range(gpus)}
@@ -325,7 +318,7 @@ def memory(server: SubprocessServer, *, gpus: int, gpu_kib: int, clients: int, l
     def sampler() -> None:
         while not stop.wait(0.02):
             try:
-                sampled[0] = max(sampled[0], proc_kib(pid, "VmRSS"))
+                sampled[0] = max(sampled[0], proc_status(pid, "VmRSS"))
             except OSError:
                 return
 
@@ -362,8 +355,8 @@ def memory(server: SubprocessServer, *, gpus: int, gpu_kib: int, clients: int, l
     lists_s = time.perf_counter() - t0
     stop.set()
     watcher.join(5)
-    peak_kib = proc_kib(pid, "VmHWM")
-    rss_after_kib = proc_kib(pid, "VmRSS")
+    peak_kib = proc_status(pid, "VmHWM")
+    rss_after_kib = proc_status(pid, "VmRSS")
     after = metrics(server)
     alone: list[float] = []  # what one list costs a client when nobody else lists (after the peak is read)
     with DeviceApiClient(server.unix, timeout=600) as c:
@@ -439,7 +432,7 @@ def run(cfg: dict[str, Any], server_flags: tuple[str, ...]) -> dict[str, Any]:
         server = SubprocessServer.start(sock_dir, *server_flags, timeout=60, env={"PYTHONSAFEPATH": "1"})
         try:
             result["server_pid"] = server.proc.pid
-            result["server_idle_rss_mib"] = proc_kib(server.proc.pid, "VmRSS") / 1024
+            result["server_idle_rss_mib"] = proc_status(server.proc.pid, "VmRSS") / 1024
             result["latency"] = latency(server, pairs=cfg["pairs"], warmup=cfg["warmup"], cpu_blocks=cfg["cpu_blocks"],
                                         cpu_block_calls=cfg["cpu_block_calls"], failures=failures)
             result["memory"] = memory(server, gpus=cfg["gpus"], gpu_kib=cfg["gpu_kib"], clients=cfg["clients"],

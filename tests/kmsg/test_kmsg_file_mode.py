@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
 import pytest  # noqa: E402
 from apiserver import ThreadServer, make_settings  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from kmsghelpers import CLI, Monitor, append, at_least, free_port, wait_for  # noqa: E402
 
-from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
 from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 from nvsentinel.node.kmsg import cursor as cursor_mod  # noqa: E402
@@ -37,10 +33,6 @@ N_GPUS = 5
 UUIDS = [f"GPU-{i:08x}-b6d3-9791-4798-481be2406bdb" for i in range(N_GPUS)]
 PCIS = [f"0000:{0x18 + 0x10 * i:02x}:00.0" for i in range(N_GPUS)]
 CANONICAL = [p.rsplit(".", 1)[0] for p in PCIS]  # what the decoder (and the state file) keeps
-DEADLINE = 45.0
-
-_BIN = Path(sys.executable).parent / "nvsentinel"
-CLI = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "nvsentinel"]
 
 
 def mapping(i: int) -> str:
@@ -61,92 +53,6 @@ def noise(tag: str, count: int) -> str:
     return "".join(f"[{200 + k:8d}.{k:06d}] {tag} eth0: link up {k} 1000Mbps full duplex\n" for k in range(count))
 
 
-def append(path: Path, text: str | bytes) -> None:
-    with open(path, "ab") as fh:
-        fh.write(text.encode() if isinstance(text, str) else text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Monitor:
-    """`nvsentinel kmsg-monitor` in a subprocess, stderr in a temp file, /metrics on a free port."""
-
-    def __init__(self, *flags: str, prefix: tuple[str, ...] = ()) -> None:
-        self._log = tempfile.TemporaryFile()
-        self.metrics_port = free_port()
-        try:
-            self.proc = subprocess.Popen(
-                [*prefix, *CLI, "kmsg-monitor", "--metrics-port", str(self.metrics_port), *flags],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )
-        except BaseException:
-            self._log.close()
-            raise
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def counter(self, name: str, **labels: str) -> float | None:
-        """A counter from the daemon's /metrics (None while it does not answer yet)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name + "_total" and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return 0.0
-
-    def peak_rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(15)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(15)
-        self._log.close()
-
-
-def wait_for(what: str, check: Callable[[], object], mon: Monitor, timeout: float = DEADLINE) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (errors.NvsentinelError, OSError, ValueError, KeyError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        assert mon.proc.poll() is None, f"monitor exited rc={mon.proc.returncode}:\n{mon.log()}"
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r}); monitor log:\n{mon.log()}")
-
-
 def kmsg_cond(client: DeviceApiClient, i: int) -> tuple[str, str]:
     for c in client.get_gpu(UUIDS[i]).status.conditions:
         if c.type == "KmsgHealthy":
@@ -156,10 +62,6 @@ def kmsg_cond(client: DeviceApiClient, i: int) -> tuple[str, str]:
 
 def faulted(client: DeviceApiClient, i: int, n: int) -> Callable[[], bool]:
     return lambda: kmsg_cond(client, i) == ("False", f"Xid{n}")
-
-
-def at_least(mon: Monitor, n: float, name: str, **labels: str) -> Callable[[], bool]:
-    return lambda: (mon.counter(name, **labels) or 0) >= n
 
 
 def caught_up(state: Path, log: Path) -> bool:

@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
 import pytest  # noqa: E402
 from apiserver import ThreadServer, make_settings  # noqa: E402
+from kmsghelpers import Monitor, append, wait_for  # noqa: E402
 
-from nvsentinel import errors  # noqa: E402
 from nvsentinel._proto import gpu_pb2  # noqa: E402
 from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 
@@ -36,53 +34,6 @@ def mapping(i: int, t: float = 10.0) -> str:
 
 def xid(i: int, n: int, t: float = 100.0, tail: str = "pid=1234, name=python, Ch 00000001") -> str:
     return f"[{t:12.6f}] NVRM: Xid (PCI:{PCIS[i]}): {n}, {tail}\n"
-
-
-class Monitor:
-    """`python -m nvsentinel.daemons.kmsg_monitor` with its stderr in a temp file."""
-
-    def __init__(self, *flags: str) -> None:
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvsentinel.daemons.kmsg_monitor", *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-def wait_for(what: str, check: Callable[[], object], mon: Monitor, timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (errors.NvsentinelError, OSError, ValueError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        assert mon.proc.poll() is None, f"monitor exited rc={mon.proc.returncode}:\n{mon.log()}"
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r}); monitor log:\n{mon.log()}")
 
 
 def cond(gpu: gpu_pb2.Gpu, type_: str = "KmsgHealthy") -> gpu_pb2.Condition | None:
@@ -103,11 +54,6 @@ def caught_up(state: Path, log: Path) -> bool:
     data = json.loads(state.read_text())
     st = log.stat()
     return data["kind"] == "file" and data["inode"] == st.st_ino and data["offset"] == st.st_size
-
-
-def append(path: Path, text: str | bytes) -> None:
-    with open(path, "ab") as fh:
-        fh.write(text.encode() if isinstance(text, str) else text)
 
 
 @pytest.fixture

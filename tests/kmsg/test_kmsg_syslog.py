@@ -33,7 +33,7 @@ import pytest  # noqa: E402
 from apiserver import ThreadServer, make_settings  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_kmsg_file_mode import CLI, Monitor, at_least, wait_for  # noqa: E402
+from kmsghelpers import CLI, Monitor, at_least, wait_for  # noqa: E402
 from xid_samples import BODIES  # noqa: E402
 
 from nvsentinel import xid as xid_mod  # noqa: E402

@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 
 __all__ = [
     "KERNEL_FACILITY", "RESET_PREFIX", "Record", "Position", "Located", "parse_line", "split_lines", "kernel_or_reset",
-    "locate", "positions", "prefix_of", "records", "joined_line",
+    "locate", "positions", "prefix_of", "Span", "records", "joined_line",
 ]
 
 KERNEL_FACILITY: Final = 0
@@ -98,8 +98,23 @@ def prefix_of(rec: Record) -> bytes:
     return rec.line[: len(rec.line) - len(rec.message) - 1]
 
 
-def records(window: list[Record], start: int) -> list[tuple[int, int]]:
-    """The kernel records in `window[start:]`, as (first, last) line indexes.
+class Span(NamedTuple):
+    """The lines `first..last` of one kernel record in a window."""
+
+    first: int
+    last: int
+    tail: bool
+    """the rest of a record whose head an earlier read handled: nothing in it starts a message"""
+
+
+def _continues(window: list[Record], i: int) -> bool:
+    """Line i has the very prefix of line i-1 (level, time stamp, caller): the same record."""
+    rec = window[i]
+    return i > 0 and rec.facility >= 0 and rec.ts != NO_TIME and prefix_of(window[i - 1]) == prefix_of(rec)
+
+
+def records(window: list[Record], start: int) -> list[Span]:
+    """The kernel records in `window[start:]`.
 
     syslog(2) prints a record that has newlines in it as several lines, each with the record's own
     prefix. A message that echoes user text with a newline in it would so put a line that starts
@@ -109,17 +124,15 @@ def records(window: list[Record], start: int) -> list[tuple[int, int]]:
     its newlines escaped (`\\x0a`). (Two records printed at the same microsecond at the same level
     look the same and are joined too: the second is then not read as a message. docs/conditions.md.)
     """
-    out: list[tuple[int, int]] = []
+    out: list[Span] = []
     for i in range(start, len(window)):
-        rec = window[i]
-        joined = out and out[-1][1] == i - 1 and rec.facility >= 0 and rec.ts != NO_TIME
-        if joined and prefix_of(window[i - 1]) == prefix_of(rec):
-            out[-1] = (out[-1][0], i)
-        elif i == start and i > 0 and rec.facility >= 0 and rec.ts != NO_TIME \
-                and prefix_of(window[i - 1]) == prefix_of(rec):
-            out.append((-i - 1, i))  # the tail of a record already handled: never a message start
+        if _continues(window, i):
+            if out:
+                out[-1] = out[-1]._replace(last=i)
+            else:
+                out.append(Span(i, i, tail=True))
         else:
-            out.append((i, i))
+            out.append(Span(i, i, tail=False))
     return out
 
 

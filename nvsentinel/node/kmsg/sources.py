@@ -598,10 +598,11 @@ class SyslogSource:
                                          "overruns_total": int(self.metrics.value("nvsentinel_kmsg_ring_overruns"))}})
         nths = ring.positions(window)
         out = []
-        for first, last in ring.records(window, where.start):
+        for span in ring.records(window, where.start):
+            first, last = span.first, span.last
             end = window[last]
             self.position = ring.Position(end.ts, nths[last])
-            if first < 0:  # lines of a record whose head was handled already: nothing in them starts a message
+            if span.tail:  # lines of a record whose head was handled already: nothing in them starts a message
                 _drop_record(self.metrics, self.path, "continuation", end.line)
                 continue
             rec = window[first]
