@@ -39,7 +39,7 @@ EXPECTED = {
     "ListOptions": {"resource_version": 1, "namespace": 2},
     "Gpu": {"metadata": 1, "spec": 2, "status": 3, "resource_version": 4},
     "GpuList": {"metadata": 1, "items": 2},
-    "GpuSpec": {"uuid": 1},
+    "GpuSpec": {"uuid": 1, "pci_bus_id": 2, "serial": 3},
     "GpuStatus": {"conditions": 1, "recommended_action": 2},
     "Condition": {"type": 1, "status": 2, "last_transition_time": 3, "reason": 4, "message": 5},
     "GetGpuRequest": {"name": 1, "opts": 2},
