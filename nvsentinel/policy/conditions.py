@@ -29,7 +29,9 @@ __all__ = [
     "CONDITION_TYPE", "REASON_HEALTHY", "REASON_KMSG_HEALTHY", "REASON_RECOVERED", "REASON_GPU_RESET",
     "RECOVERY_REASONS", "REASON_RESET_REQUESTED", "REASON_RESET_VERIFIED", "REASON_RESET_FAILED",
     "REASON_LOST", "REASON_DBE", "UNSPECIFIED_REASON",
-    "CHECK_XID", "CHECK_ECC", "CHECK_LOST", "CHECK_OTHER",
+    "CHECK_XID", "CHECK_ECC", "CHECK_LOST", "CHECK_OTHER", "CHECK_RECOVERY_ACTION", "CHECK_RESPONSIVE", "CHECK_SXID",
+    "REASON_UNRESPONSIVE", "UNRESPONSIVE", "RecoveryActionKind", "RECOVERY_ACTIONS", "RECOVERY_ACTION_NAMES",
+    "recovery_action_kind",
     "Action", "ReasonKind", "Reason", "FaultKind", "LOST", "DOUBLE_BIT_ECC", "XID_DOUBLE_BIT_ECC", "XID_FALLEN_OFF_BUS",
     "Xid", "DoubleBitEcc", "SingleBitEcc", "Lost", "Recovered", "Reset", "Event",
     "Finding", "GpuView", "Decision", "decide", "severity", "find_condition", "merge_status",
@@ -86,8 +88,54 @@ CHECK_XID: Final = "xid-error-check"
 CHECK_ECC: Final = "memory-ecc-check"
 CHECK_LOST: Final = "gpu-lost-check"
 CHECK_OTHER: Final = "gpu-health-check"
+CHECK_RECOVERY_ACTION: Final = "gpu-recovery-action-check"
+CHECK_RESPONSIVE: Final = "nvml-responsive-check"
+CHECK_SXID: Final = "nvswitch-sxid-check"
+
+REASON_UNRESPONSIVE: Final = "NvmlUnresponsive"
+"""NvmlHealthy Unknown: an NVML call on this GPU ran past its deadline (the driver may be hung)."""
 
 _XID_WIRE = re.compile(r"Xid(\d{1,10})")
+_SXID_WIRE = re.compile(r"SXid(\d{1,10})")
+_RA_WIRE = re.compile(r"RecoveryAction([A-Za-z0-9]{1,40})")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecoveryActionKind:
+    """One value of NVML's GPU recovery action (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION)."""
+
+    value: int
+    name: str
+    """NVML's name without its prefix: `GPU_RESET`."""
+    action: Action
+    """What nvsentinel recommends for it (docs/conditions.md#recovery-action)."""
+
+    @property
+    def camel(self) -> str:
+        return "".join(p.capitalize() for p in self.name.split("_"))
+
+
+#: NVML's recovery actions (nvml.h `NVML_GPU_RECOVERY_ACTION_*`) → the recommended action. A value not
+#: listed here is never healthy: it is a fault whose action is UNKNOWN (a human looks).
+RECOVERY_ACTIONS: Final[Mapping[int, RecoveryActionKind]] = {k.value: k for k in (
+    RecoveryActionKind(0, "NONE", Action.NONE),
+    RecoveryActionKind(1, "GPU_RESET", Action.COMPONENT_RESET),
+    RecoveryActionKind(2, "NODE_REBOOT", Action.RESTART_BM),
+    # P2P traffic must stop before the GPU is usable again: drained (every stage drains first), then reset
+    RecoveryActionKind(3, "DRAIN_P2P", Action.COMPONENT_RESET),
+    RecoveryActionKind(4, "DRAIN_AND_RESET", Action.COMPONENT_RESET),
+    # the multi-node NVLink (IMEX) domain needs recovering: not something one node can do alone
+    RecoveryActionKind(5, "RECOVER_IMEX_DOMAIN", Action.CONTACT_SUPPORT),
+    RecoveryActionKind(6, "BUS_RESET", Action.COMPONENT_RESET),
+    RecoveryActionKind(7, "SYSTEM_REBOOT", Action.RESTART_BM),
+)}
+RECOVERY_ACTION_NAMES: Final[Mapping[str, int]] = {k.name: v for v, k in RECOVERY_ACTIONS.items()}
+
+
+def recovery_action_kind(value: int) -> RecoveryActionKind:
+    """The kind of a recovery-action value; an unknown value is a fault of action UNKNOWN."""
+    known = RECOVERY_ACTIONS.get(value)
+    return known if known is not None else RecoveryActionKind(value, str(value), Action.UNKNOWN)
 
 
 class ReasonKind(enum.Enum):
@@ -96,6 +144,12 @@ class ReasonKind(enum.Enum):
     XID = "xid"
     ECC_DBE = "ecc-dbe"
     GPU_LOST = "gpu-lost"
+    RECOVERY_ACTION = "recovery-action"
+    """NVML's recovery action is not NONE; `code` is its name (`GPU_RESET`) or, unknown, its value."""
+    UNRESPONSIVE = "unresponsive"
+    """An NVML call ran past its deadline: not a fault the catalog knows, and never healthy."""
+    SXID = "sxid"
+    """An NVSwitch error (SXid) the kernel-log monitor found fatal; `xid` is the SXid number."""
     OTHER = "other"
     """A reason this contract does not define (another provider's): a fault nobody can classify."""
 
@@ -127,6 +181,14 @@ class Reason:
         return cls(ReasonKind.XID, xid, code or str(xid))
 
     @classmethod
+    def for_recovery_action(cls, value: int) -> Reason:
+        return cls(ReasonKind.RECOVERY_ACTION, None, recovery_action_kind(value).name)
+
+    @classmethod
+    def for_sxid(cls, sxid: int) -> Reason:
+        return cls(ReasonKind.SXID, sxid, f"SXID.{sxid}")
+
+    @classmethod
     def other(cls, text: str) -> Reason:
         return cls(ReasonKind.OTHER, None, text or UNSPECIFIED_REASON)
 
@@ -139,6 +201,13 @@ class Reason:
             return REASON_DBE
         if self.kind is ReasonKind.GPU_LOST:
             return REASON_LOST
+        if self.kind is ReasonKind.RECOVERY_ACTION:
+            value = RECOVERY_ACTION_NAMES.get(self.code)
+            return "RecoveryAction" + (RECOVERY_ACTIONS[value].camel if value is not None else self.code)
+        if self.kind is ReasonKind.UNRESPONSIVE:
+            return REASON_UNRESPONSIVE
+        if self.kind is ReasonKind.SXID:
+            return f"SXid{self.xid}"
         return self.code
 
     @classmethod
@@ -151,6 +220,19 @@ class Reason:
             return DOUBLE_BIT_ECC
         if text == REASON_LOST:
             return LOST
+        if text == REASON_UNRESPONSIVE:
+            return UNRESPONSIVE
+        m = _SXID_WIRE.fullmatch(text)
+        if m:
+            return cls.for_sxid(int(m.group(1)))
+        m = _RA_WIRE.fullmatch(text)
+        if m:
+            tail = m.group(1)
+            if tail.isdigit():
+                return cls.for_recovery_action(int(tail))
+            for value, kind in RECOVERY_ACTIONS.items():
+                if kind.camel == tail and value != 0:
+                    return cls.for_recovery_action(value)
         return cls.other(text)
 
     def kind_of(self, catalog: Catalog) -> FaultKind:
@@ -162,6 +244,19 @@ class Reason:
         if self.kind is ReasonKind.GPU_LOST:
             # fallen off the bus is XID 79 to the catalog; its override key is GPU_FALLEN_OFF_BUS
             return FaultKind(CHECK_LOST, (self.code,), catalog.classify(kind="fallen_off_bus"))
+        if self.kind is ReasonKind.RECOVERY_ACTION:
+            value = RECOVERY_ACTION_NAMES.get(self.code)
+            kind = recovery_action_kind(value if value is not None else int(self.code))
+            return FaultKind(CHECK_RECOVERY_ACTION, (f"RECOVERY_ACTION.{kind.name}",),
+                             Classification(kind.action, True, f"RECOVERY_ACTION_{kind.name}", source="rule"))
+        if self.kind is ReasonKind.UNRESPONSIVE:
+            # reported so the cluster sees it, not acted on: a slow driver under load looks the same
+            return FaultKind(CHECK_RESPONSIVE, ("NVML_UNRESPONSIVE",),
+                             Classification(Action.NONE, False, "NVML_UNRESPONSIVE", source="rule"))
+        if self.kind is ReasonKind.SXID:
+            # the kernel-log monitor writes only SXids it found fatal (the line's severity and the catalog)
+            return FaultKind(CHECK_SXID, (self.code,),
+                             catalog.classify(self.xid, kind="sxid", error_code=self.code, severity="fatal"))
         # another provider's reason: a False condition is a fault, but the catalog cannot say what to do
         return FaultKind(CHECK_OTHER, (self.code,), Classification(Action.UNKNOWN, True, self.code, source="default"))
 
@@ -172,6 +267,7 @@ XID_DOUBLE_BIT_ECC: Final = 48
 XID_FALLEN_OFF_BUS: Final = 79
 LOST: Final = Reason(ReasonKind.GPU_LOST, XID_FALLEN_OFF_BUS, str(XID_FALLEN_OFF_BUS))
 DOUBLE_BIT_ECC: Final = Reason(ReasonKind.ECC_DBE, XID_DOUBLE_BIT_ECC, str(XID_DOUBLE_BIT_ECC))
+UNRESPONSIVE: Final = Reason(ReasonKind.UNRESPONSIVE, None, "NVML_UNRESPONSIVE")
 
 #: How bad an action is; a new fatal finding replaces the current one only if strictly worse.
 _SEVERITY: Final = {

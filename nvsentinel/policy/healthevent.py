@@ -19,7 +19,8 @@ __all__ = [
     "LABEL_NODE", "LABEL_COMPONENT_CLASS", "LABEL_IS_FATAL", "LABEL_SOURCE",
     "Phase", "ConditionType", "Entity", "OverrideFlags", "Overrides", "Maintenance",
     "HealthEventSpec", "Condition", "HealthEventStatus", "HealthEvent",
-    "format_time", "parse_time", "utcnow",
+    "format_time", "parse_time", "utcnow", "ENTITY_GPU", "ENTITY_PCI", "ENTITY_GPU_SERIAL", "ENTITY_NVSWITCH",
+    "pci_slot",
 ]
 
 GROUP = "nvsentinel.nvidia.com"
@@ -110,6 +111,34 @@ def _opt_time(d: Mapping[str, Any], key: str) -> _dt.datetime | None:
 def _put(out: dict[str, Any], key: str, value: Any) -> None:
     if value is not None:
         out[key] = value
+
+
+#: Entity types: the GPU by UUID, its PCI slot (survives a GPU swap), its board serial, an NVSwitch by PCI id.
+ENTITY_GPU = "GPU"
+ENTITY_PCI = "PCI"
+ENTITY_GPU_SERIAL = "GPU_SERIAL"
+ENTITY_NVSWITCH = "NVSWITCH"
+
+_HEXDIGITS = frozenset("0123456789abcdef")
+
+
+def pci_slot(text: str) -> str:
+    """A PCI bus id in one canonical form, `0000:5d:00.0` (NVML writes `00000000:5D:00.0`, the kernel
+    `0000:5d:00.0`), so two writers' ids compare equal; "" for anything that is not one."""
+    t = text.strip().lower()
+    parts = t.split(":")
+    if len(parts) == 2:
+        parts = ["0000", *parts]
+    if len(parts) != 3 or "." not in parts[2]:
+        return ""
+    domain, bus = parts[0], parts[1]
+    dev, _, fn = parts[2].partition(".")
+    if len(domain) == 8 and domain[:4] == "0000":
+        domain = domain[4:]
+    fields = ((domain, 4), (bus, 2), (dev, 2), (fn, 1))
+    if any(len(f) != n or not set(f) <= _HEXDIGITS for f, n in fields):
+        return ""
+    return f"{domain}:{bus}:{dev}.{fn}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -382,6 +411,11 @@ class HealthEvent:
 
     @property
     def gpu_uuids(self) -> tuple[str, ...]:
-        return tuple(e.value for e in self.spec.entities_impacted if e.type == "GPU")
+        return tuple(e.value for e in self.spec.entities_impacted if e.type == ENTITY_GPU)
+
+    @property
+    def pci_slots(self) -> tuple[str, ...]:
+        """The PCI slots of the GPUs it names, canonical (`pci_slot`); malformed ids left out."""
+        return tuple(s for e in self.spec.entities_impacted if e.type == ENTITY_PCI and (s := pci_slot(e.value)))
 
 

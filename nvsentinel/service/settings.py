@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from nvsentinel.service.sanitize import printable
 
-__all__ = ["setting", "add_arguments", "resolve", "load_settings", "check_logging", "check_range", "env_name",
+__all__ = ["XID_OVERRIDES_ENV", "setting", "add_arguments", "resolve", "load_settings", "check_logging", "check_range", "env_name",
            "config_error", "SettingsError"]
 
 T = TypeVar("T")
@@ -36,14 +36,20 @@ class SettingsError(ValueError):
     """A setting failed to parse or validate; the message names the flag and the env variable."""
 
 
+#: The one environment variable for `--xid-overrides` in every daemon that classifies XIDs.
+XID_OVERRIDES_ENV = "NVSENTINEL_XID_OVERRIDES"
+
+
 def setting(default: Any, *, help: str, flag: str | None = None, metavar: str | None = None,
-            octal: bool = False) -> Any:
+            octal: bool = False, env: str | None = None) -> Any:
     """A dataclass field for a daemon setting (`help` says the unit and why the default).
 
-    `octal=True` (an int field holding permission bits): parsed and shown in octal.
+    `octal=True` (an int field holding permission bits): parsed and shown in octal. `env`: one
+    environment variable every daemon shares for this setting (`NVSENTINEL_XID_OVERRIDES`), in
+    place of the daemon's prefixed name, so one value in a pod reaches all its containers alike.
     """
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar,
-                                                         "octal": octal})
+                                                         "octal": octal, "env": env})
 
 
 def _flag(field: dataclasses.Field) -> str:
@@ -51,7 +57,7 @@ def _flag(field: dataclasses.Field) -> str:
 
 
 def env_name(prefix: str, field: dataclasses.Field) -> str:
-    return prefix + field.name.upper()
+    return field.metadata.get("env") or prefix + field.name.upper()
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> None:

@@ -8,7 +8,7 @@ import socket
 
 from nvsentinel.node.identity import check_node_daemon
 from nvsentinel.policy.conditions import KMSG_HEALTHY, NVML_HEALTHY
-from nvsentinel.service.settings import setting
+from nvsentinel.service.settings import XID_OVERRIDES_ENV, setting
 
 ENV_PREFIX = "PUBLISHER_"
 DEFAULT_CONDITIONS = (NVML_HEALTHY, KMSG_HEALTHY)
@@ -50,7 +50,8 @@ class PublisherSettings:
     metrics_port: int = setting(0, help="HTTP port for Prometheus /metrics; 0: off")
     http_bind_address: str = setting("127.0.0.1", help="address the HTTP ports bind (0.0.0.0 in a pod, for probes)")
     xid_overrides: str = setting(
-        "", help="XID site override file (JSON, docs/xid.md); decides isFatal with the catalog", metavar="PATH"
+        "", help="XID site override file (JSON, docs/xid.md); decides isFatal with the catalog", metavar="PATH",
+        env=XID_OVERRIDES_ENV,
     )
     log_format: str = setting("plain", help="plain, full or json")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
