@@ -36,8 +36,10 @@ def _embedded_nvml(settings: DeviceApiSettings) -> Callable[[str], Any] | None:
         loader = nvml_loader(settings.fake_nvml_topology, settings.fake_nvml_control, settings.nvml_reset_command)
     else:
         loader = NvmlLoader.real(settings.nvml_driver_root, settings.nvml_reset_command)
-    return lambda address: EmbeddedNvmlProvider(address, loader, ignored_xids=settings.nvml_ignored_xids,
-                                                node_name=settings.node_name)
+    return lambda address: EmbeddedNvmlProvider(
+        address, loader, ignored_xids=settings.nvml_ignored_xids, node_name=settings.node_name,
+        xid_overrides=settings.xid_overrides, health_poll_interval=settings.nvml_health_poll_interval,
+        nvml_call_timeout=settings.nvml_call_timeout)
 
 
 def run(args: argparse.Namespace, prog: str = "nvsentinel device-api-server") -> int:

@@ -30,10 +30,16 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel kmsg-monitor") -> int:
     except ValueError as exc:  # a setting that cannot work on this node: the same one line as a bad flag
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    from nvsentinel.node.catalog import OverridesError, site_catalog
     from nvsentinel.node.client import DeviceApiClient
     from nvsentinel.node.kmsg.metrics import KmsgHttp, KmsgMetrics
     from nvsentinel.node.kmsg.monitor import KmsgMonitor, SourceError
 
+    try:
+        catalog = site_catalog(settings.xid_overrides)
+    except OverridesError as exc:
+        logger.error("cannot start", extra={"kv": {"error": str(exc)}})
+        return 1
     try:
         client = DeviceApiClient(settings.address or None, timeout=5.0)
     except ValueError as exc:
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel kmsg-monitor") -> int:
                 client, settings.source, settings.state_file,
                 dedup_window=settings.dedup_window, ignored_xids=settings.ignored_xids,
                 poll_interval=settings.interval, node_name=settings.node_name,
-                max_line_bytes=settings.max_line_bytes, metrics=metrics,
+                max_line_bytes=settings.max_line_bytes, metrics=metrics, catalog=catalog,
             )
         except SourceError as exc:
             logger.error("cannot start", extra={"kv": {"error": str(exc)}})
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel kmsg-monitor") -> int:
             "source": settings.source, "state_file": settings.state_file, "address": client.address,
             "node": settings.node_name, "dedup_window": settings.dedup_window,
             "ignored_xids": ",".join(map(str, settings.ignored_xids)), "max_line_bytes": settings.max_line_bytes,
-            "interval": settings.interval,
+            "interval": settings.interval, "xid_overrides": settings.xid_overrides,
             "metrics_port": settings.metrics_port}})
 
         def _stop(signum: int, _frame: object) -> None:

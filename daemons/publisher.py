@@ -34,16 +34,20 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel publisher") -> int:
     except ValueError as exc:
         print(f"{prog}: error: {exc} (set --node-name or $NODE_NAME)", file=sys.stderr)
         return 2
-    from nvsentinel.xid import load_catalog
+    from nvsentinel.node.catalog import OverridesError, site_catalog
     from nvsentinel.node.client import DeviceApiClient
     from nvsentinel.k8s import Kube
     from nvsentinel.node.publisher.publisher import Publisher, PublisherHttp
 
     try:
-        catalog = load_catalog(settings.xid_overrides or None)
+        catalog = site_catalog(settings.xid_overrides)
+    except OverridesError as exc:
+        logger.error("cannot start", extra={"kv": {"error": str(exc)}})
+        return 1
+    try:
         kube = Kube.connect(settings.kubeconfig or None, settings.context or None,
                             qps=settings.kube_qps, burst=settings.kube_burst, timeout=10.0)
-    except Exception as exc:  # noqa: BLE001 - kubeconfig and override errors come in many types
+    except Exception as exc:  # noqa: BLE001 - kubeconfig errors come in many types
         logger.error("cannot start", extra={"kv": {"error": f"{type(exc).__name__}: {exc}"}})
         return 1
     try:

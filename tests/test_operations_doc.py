@@ -258,3 +258,18 @@ def test_relative_links_and_anchors_resolve():
         assert target.exists(), f"broken link {link}"
         if anchor and target.suffix == ".md":
             assert anchor in anchors(target.read_text()), f"no heading for #{anchor} in {target.name}"
+
+
+def test_every_never_line_names_a_test_that_exists() -> None:
+    """"What nvsentinel will never do": each promise names at least one test, and each named test exists."""
+    text = doc()
+    start = text.index("## What nvsentinel will never do")
+    section = text[start:text.index("\n## ", start + 1)]
+    lines = [b for b in re.split(r"\n- ", section)[1:]]
+    assert len(lines) >= 15, "the section lost its promises"
+    for line in lines:
+        refs = re.findall(r"`(tests/[\w/]+\.py)::(\w+)(?:\[[^\]]*\])?`", line)
+        assert refs, f"a promise without a proof: {line[:80]!r}"
+        for path, name in refs:
+            source = (ROOT / path).read_text()
+            assert re.search(rf"^(?:async )?def {name}\(", source, re.M), f"{path}::{name} does not exist"

@@ -4,7 +4,8 @@
  * INVALID_ARGUMENT for a NULL pointer or a handle we never gave out, INSUFFICIENT_SIZE for a short
  * buffer, GPU_IS_LOST for any call naming a lost GPU. A function NVML has but this file lacks is
  * simply not exported, so pynvml raises NVMLError_FunctionNotFound. One mutex guards all state:
- * the fake is about behaviour, not throughput.
+ * the fake is about behaviour, not throughput. A call naming a hung GPU (the `hang` command) waits
+ * on the condition variable, so the mutex is free for every other call while it blocks.
  */
 #include <limits.h>
 #include <stdio.h>
@@ -52,6 +53,63 @@ static nvmlReturn_t enter(void)
     return NVML_SUCCESS;
 }
 
+static int before(const struct timespec *a, const struct timespec *b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static struct timespec deadline_after(unsigned int ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+/* The next wake-up of a blocked call: the poll interval from now, or `deadline` if that is sooner. */
+static struct timespec poll_wake(const struct timespec *deadline)
+{
+    struct timespec wake = deadline_after(0);
+    wake.tv_nsec += FAKE_POLL_NS;
+    if (wake.tv_nsec >= 1000000000L) {
+        wake.tv_sec++;
+        wake.tv_nsec -= 1000000000L;
+    }
+    return before(deadline, &wake) ? *deadline : wake;
+}
+
+/* Is `gpu` inside a hang window? An expired window is cleared here. */
+static int hung(struct fake_gpu *gpu)
+{
+    if (!gpu->hung)
+        return 0;
+    struct timespec now = deadline_after(0);
+    if (before(&now, &gpu->hang_until))
+        return 1;
+    gpu->hung = 0;
+    return 0;
+}
+
+/* Block (lock held on entry and exit, released while waiting) until `gpu` is out of its hang
+ * window. The control file is read every 5 ms meanwhile, so `hang GPU 0` or `replace` from another
+ * process ends it early; UNINITIALIZED if the last nvmlShutdown happened during the wait. */
+static nvmlReturn_t wait_out_hang(struct fake_gpu *gpu)
+{
+    while (hung(gpu)) {
+        struct timespec wake = poll_wake(&gpu->hang_until);
+        pthread_cond_timedwait(&g.cond, &g.lock, &wake);
+        if (g.refcount == 0)
+            return NVML_ERROR_UNINITIALIZED;
+        fake_control_poll();
+    }
+    return NVML_SUCCESS;
+}
+
 static int gpu_index(nvmlDevice_t device)
 {
     uintptr_t p = (uintptr_t)device, base = (uintptr_t)&g.topo.gpus[0];
@@ -61,7 +119,8 @@ static int gpu_index(nvmlDevice_t device)
     return index < g.topo.count ? (int)index : -1;
 }
 
-/* enter() plus a valid, reachable GPU; the lock stays held only on success. */
+/* enter() plus a valid, reachable GPU, after any hang window of it; the lock stays held only on
+ * success. */
 static nvmlReturn_t enter_gpu(nvmlDevice_t device, struct fake_gpu **gpu)
 {
     nvmlReturn_t rc = enter();
@@ -69,6 +128,11 @@ static nvmlReturn_t enter_gpu(nvmlDevice_t device, struct fake_gpu **gpu)
         return rc;
     int index = gpu_index(device);
     if (index < 0)
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    rc = wait_out_hang(&g.topo.gpus[index]);
+    if (rc != NVML_SUCCESS)
+        return leave(rc);
+    if (gpu_index(device) < 0) /* a new nvmlInit during the wait loaded a smaller topology */
         return leave(NVML_ERROR_INVALID_ARGUMENT);
     if (g.topo.gpus[index].lost)
         return leave(NVML_ERROR_GPU_IS_LOST);
@@ -237,8 +301,16 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlD
     nvmlReturn_t rc = enter();
     if (rc != NVML_SUCCESS)
         return rc;
-    if (device == NULL || index >= g.topo.count)
+    if (device == NULL)
         return leave(NVML_ERROR_INVALID_ARGUMENT);
+    for (;;) {
+        if (index >= g.topo.count)
+            return leave(NVML_ERROR_INVALID_ARGUMENT);
+        if (!hung(&g.topo.gpus[index]))
+            break;
+        if ((rc = wait_out_hang(&g.topo.gpus[index])) != NVML_SUCCESS)
+            return leave(rc);
+    }
     if (g.topo.gpus[index].lost)
         return leave(NVML_ERROR_GPU_IS_LOST);
     *device = &g.topo.gpus[index];
@@ -259,6 +331,12 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_
         return leave(NVML_ERROR_INVALID_ARGUMENT);
     for (unsigned int i = 0; i < g.topo.count; i++) {
         if (strcasecmp(g.topo.gpus[i].uuid, uuid) == 0) {
+            if (hung(&g.topo.gpus[i])) { /* wait, then look again: a replace may change the answer */
+                if ((rc = wait_out_hang(&g.topo.gpus[i])) != NVML_SUCCESS)
+                    return leave(rc);
+                i = (unsigned int)-1;
+                continue;
+            }
             if (g.topo.gpus[i].lost)
                 return leave(NVML_ERROR_GPU_IS_LOST);
             *device = &g.topo.gpus[i];
@@ -281,6 +359,12 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *bus_id, nv
     for (unsigned int i = 0; i < g.topo.count; i++) {
         struct fake_gpu *gpu = &g.topo.gpus[i];
         if (gpu->domain == domain && gpu->bus == bus && gpu->device == dev && function == 0) {
+            if (hung(gpu)) {
+                if ((rc = wait_out_hang(gpu)) != NVML_SUCCESS)
+                    return leave(rc);
+                i = (unsigned int)-1;
+                continue;
+            }
             if (gpu->lost)
                 return leave(NVML_ERROR_GPU_IS_LOST);
             *device = gpu;
@@ -321,6 +405,43 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsi
     struct fake_gpu *gpu;
     nvmlReturn_t rc = enter_gpu(device, &gpu);
     return rc != NVML_SUCCESS ? rc : leave(copy_out(name, length, gpu->name));
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length)
+{
+    struct fake_gpu *gpu;
+    nvmlReturn_t rc = enter_gpu(device, &gpu);
+    return rc != NVML_SUCCESS ? rc : leave(copy_out(serial, length, gpu->serial));
+}
+
+/* Each value carries its own result, as in NVML: the call succeeds while a field the GPU lacks
+ * answers NOT_SUPPORTED in its slot. Only NVML_FI_DEV_GET_GPU_RECOVERY_ACTION exists here. */
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values)
+{
+    struct fake_gpu *gpu;
+    nvmlReturn_t rc = enter_gpu(device, &gpu);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (count < 0 || (count > 0 && values == NULL))
+        return leave(NVML_ERROR_INVALID_ARGUMENT);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long usec = (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000;
+    for (int i = 0; i < count; i++) {
+        nvmlFieldValue_t *v = &values[i];
+        v->timestamp = usec;
+        v->latencyUsec = 0;
+        memset(&v->value, 0, sizeof(v->value));
+        if (v->fieldId == NVML_FI_DEV_GET_GPU_RECOVERY_ACTION && gpu->recovery_action_supported) {
+            v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            v->nvmlReturn = NVML_SUCCESS;
+            v->value.uiVal = gpu->recovery_action;
+        } else {
+            v->valueType = NVML_VALUE_TYPE_DOUBLE;
+            v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return leave(NVML_SUCCESS);
 }
 
 static void bus_ids(const struct fake_gpu *gpu, char *full, size_t fulllen, char *legacy, size_t legacylen)
@@ -472,24 +593,6 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned 
     return leave(NVML_SUCCESS);
 }
 
-static struct timespec deadline_after(unsigned int ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    t.tv_sec += ms / 1000;
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
-static int before(const struct timespec *a, const struct timespec *b)
-{
-    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
-}
-
 /* The next thing a wait on `s` reports: an event (SUCCESS), GPU_IS_LOST, or TIMEOUT for nothing.
  * A lost GPU the set watches blocks everything queued after its loss, as a real driver's wait
  * keeps failing once a GPU is off the bus; recovering the GPU releases those events. */
@@ -525,17 +628,10 @@ static nvmlReturn_t wait_event(nvmlEventSet_t set, struct fake_event *event, uns
         rc = take(set, event);
         if (rc != NVML_ERROR_TIMEOUT)
             break;
-        struct timespec now, wake = deadline_after(0);
-        now = wake;
+        struct timespec now = deadline_after(0);
         if (!before(&now, &deadline))
             break;
-        wake.tv_nsec += FAKE_POLL_NS;
-        if (wake.tv_nsec >= 1000000000L) {
-            wake.tv_sec++;
-            wake.tv_nsec -= 1000000000L;
-        }
-        if (before(&deadline, &wake))
-            wake = deadline;
+        struct timespec wake = poll_wake(&deadline);
         pthread_cond_timedwait(&g.cond, &g.lock, &wake);
         if (!set->dead)
             fake_control_poll(); /* another process may have appended a command */

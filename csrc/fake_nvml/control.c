@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fake_nvml.h"
@@ -105,6 +106,58 @@ static void recover(unsigned int gpu)
 static void reset(unsigned int gpu)
 {
     recover(gpu);
+    g.topo.gpus[gpu].recovery_action = NVML_GPU_RECOVERY_ACTION_NONE; /* the reset was the recovery */
+    for (struct fake_event_set *s = g.sets; s != NULL; s = s->next)
+        purge_gpu(s, gpu);
+}
+
+/* The driver's recommended action changes: state (field 230), plus an event where registered. The
+ * state is kept even on a lost GPU (readable once it is back); the event is dropped there, like
+ * any fault aimed at a GPU off the bus. */
+static void set_recovery_action(unsigned int gpu, unsigned int action)
+{
+    g.topo.gpus[gpu].recovery_action = action;
+    deliver(gpu, NVML_EVENT_GPU_RECOVERY_ACTION, action);
+}
+
+/* Calls naming the GPU block for `seconds` from now (0 ends a window); api.c waits it out. */
+static void hang(unsigned int gpu, double seconds)
+{
+    struct fake_gpu *d = &g.topo.gpus[gpu];
+    if (seconds <= 0.0) {
+        d->hung = 0;
+        return;
+    }
+    long long ns = (long long)(seconds * 1e9);
+    clock_gettime(CLOCK_MONOTONIC, &d->hang_until);
+    d->hang_until.tv_sec += (time_t)(ns / 1000000000LL);
+    d->hang_until.tv_nsec += (long)(ns % 1000000000LL);
+    if (d->hang_until.tv_nsec >= 1000000000L) {
+        d->hang_until.tv_sec++;
+        d->hang_until.tv_nsec -= 1000000000L;
+    }
+    d->hung = 1;
+}
+
+/* A board swap in this slot: new identity, clean state; index, PCI location and name stay. */
+static void replace(unsigned int gpu, const char *uuid, const char *serial)
+{
+    struct fake_gpu *d = &g.topo.gpus[gpu];
+    char derived[FAKE_UUID_LEN];
+    char derived_serial[FAKE_SERIAL_LEN];
+    if (uuid == NULL) {
+        fake_replacement_uuid(d->uuid, derived, sizeof(derived));
+        uuid = derived;
+    }
+    if (serial == NULL) {
+        fake_replacement_serial(d->serial, derived_serial, sizeof(derived_serial));
+        serial = derived_serial;
+    }
+    snprintf(d->uuid, sizeof(d->uuid), "%s", uuid);
+    snprintf(d->serial, sizeof(d->serial), "%s", serial);
+    d->lost = 0;
+    d->hung = 0;
+    d->recovery_action = NVML_GPU_RECOVERY_ACTION_NONE;
     for (struct fake_event_set *s = g.sets; s != NULL; s = s->next)
         purge_gpu(s, gpu);
 }
@@ -119,6 +172,44 @@ static int parse_u64(const char *text, unsigned long long *out)
     errno = 0;
     *out = strtoull(text, &end, 0);
     return (*end != '\0' || errno != 0) ? -1 : 0;
+}
+
+static const char *const RECOVERY_ACTION_NAMES[] = {
+    "NONE", "GPU_RESET", "NODE_REBOOT", "DRAIN_P2P", "DRAIN_AND_RESET", "RECOVER_IMEX_DOMAIN", "BUS_RESET",
+    "SYSTEM_REBOOT",
+}; /* index == NVML_GPU_RECOVERY_ACTION_* value */
+
+static int parse_recovery_action(const char *text, unsigned int *out)
+{
+    unsigned long long v;
+    for (unsigned int i = 0; i < sizeof(RECOVERY_ACTION_NAMES) / sizeof(RECOVERY_ACTION_NAMES[0]); i++) {
+        if (strcasecmp(text, RECOVERY_ACTION_NAMES[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    }
+    if (parse_u64(text, &v) < 0 || v > 0xFFFFFFFFULL)
+        return -1;
+    *out = (unsigned int)v;
+    return 0;
+}
+
+/* A plain decimal number of seconds ("2", "0.25"), 0..FAKE_HANG_MAX_S: no sign, exponent, hex, inf. */
+static int parse_seconds(const char *text, double *out)
+{
+    int digits = 0, dots = 0;
+    for (const char *c = text; *c; c++) {
+        if (*c >= '0' && *c <= '9')
+            digits++;
+        else if (*c == '.' && dots == 0)
+            dots++;
+        else
+            return -1;
+    }
+    if (digits == 0 || strlen(text) > 32)
+        return -1;
+    *out = strtod(text, NULL);
+    return *out <= FAKE_HANG_MAX_S ? 0 : -1;
 }
 
 /* Resolve a GPU index, UUID, or "*"/"all" to [*lo, *hi). */
@@ -177,22 +268,38 @@ int fake_apply_command(const char *line, char *err, size_t errlen)
         return 0; /* blank line or comment */
 
     const char *verb = tok[0];
+    const char *usage = NULL;
     int want; /* words after the GPU */
-    if (strcmp(verb, "xid") == 0)
+    if (strcmp(verb, "xid") == 0) {
         want = 1;
-    else if (strcmp(verb, "event") == 0)
+        usage = "xid GPU XID";
+    } else if (strcmp(verb, "event") == 0) {
         want = ntok >= 4 ? 2 : 1; /* event GPU TYPE [DATA] */
-    else if (strcmp(verb, "dbe") == 0 || strcmp(verb, "sbe") == 0 || strcmp(verb, "lose") == 0 ||
-             strcmp(verb, "recover") == 0 || strcmp(verb, "reset") == 0)
+        usage = "event GPU TYPE [DATA]";
+    } else if (strcmp(verb, "recovery-action") == 0) {
+        want = 1;
+        usage = "recovery-action GPU NAME|N";
+    } else if (strcmp(verb, "hang") == 0) {
+        want = 1;
+        usage = "hang GPU SECONDS";
+    } else if (strcmp(verb, "replace") == 0) {
+        want = ntok >= 3 ? ntok - 2 : 0; /* replace GPU [UUID|- [SERIAL]] */
+        if (want > 2)
+            want = 2;
+        usage = "replace GPU [UUID|- [SERIAL]]";
+    } else if (strcmp(verb, "dbe") == 0 || strcmp(verb, "sbe") == 0 || strcmp(verb, "lose") == 0 ||
+               strcmp(verb, "recover") == 0 || strcmp(verb, "reset") == 0) {
         want = 0;
-    else {
-        snprintf(err, errlen, "unknown command \"%s\" (xid, dbe, sbe, event, lose, recover, reset)", verb);
+        usage = "VERB GPU";
+    } else {
+        snprintf(err, errlen,
+                 "unknown command \"%s\" (xid, dbe, sbe, event, lose, recover, reset, recovery-action, hang, "
+                 "replace)",
+                 verb);
         return -1;
     }
     if (ntok != 2 + want) {
-        snprintf(err, errlen, "usage: %s", strcmp(verb, "xid") == 0     ? "xid GPU XID"
-                                           : strcmp(verb, "event") == 0 ? "event GPU TYPE [DATA]"
-                                                                        : "VERB GPU");
+        snprintf(err, errlen, "usage: %s", usage);
         return -1;
     }
     unsigned int lo, hi;
@@ -222,9 +329,66 @@ int fake_apply_command(const char *line, char *err, size_t errlen)
         }
     }
 
+    unsigned int action = 0;
+    double seconds = 0.0;
+    const char *new_uuid = NULL, *new_serial = NULL;
+    if (strcmp(verb, "recovery-action") == 0 && parse_recovery_action(tok[2], &action) < 0) {
+        snprintf(err, errlen,
+                 "bad recovery action \"%s\" (NONE, GPU_RESET, NODE_REBOOT, DRAIN_P2P, DRAIN_AND_RESET, "
+                 "RECOVER_IMEX_DOMAIN, BUS_RESET, SYSTEM_REBOOT, or 0..4294967295)",
+                 tok[2]);
+        return -1;
+    }
+    if (strcmp(verb, "hang") == 0) {
+        if (parse_seconds(tok[2], &seconds) < 0) {
+            snprintf(err, errlen, "bad hang \"%s\" (decimal seconds, 0..%d; 0 ends a hang)", tok[2],
+                     FAKE_HANG_MAX_S);
+            return -1;
+        }
+        if (g.control_replaying)
+            return 0; /* a window starts when it is read: one written before this nvmlInit is over */
+    }
+    if (strcmp(verb, "replace") == 0 && want >= 1) {
+        if (strcmp(tok[2], "-") != 0) {
+            new_uuid = tok[2];
+            if (!fake_valid_uuid(new_uuid) || strlen(new_uuid) >= FAKE_UUID_LEN) {
+                snprintf(err, errlen, "bad uuid \"%s\" (GPU- followed by hex digits and dashes)", new_uuid);
+                return -1;
+            }
+        }
+        if (want == 2) {
+            new_serial = tok[3];
+            if (!fake_valid_serial(new_serial)) {
+                snprintf(err, errlen, "bad serial \"%s\" (1 to %d letters, digits or dashes)", new_serial,
+                         FAKE_SERIAL_LEN - 1);
+                return -1;
+            }
+        }
+        if ((new_uuid != NULL || new_serial != NULL) && hi - lo != 1) {
+            snprintf(err, errlen, "replace with a new uuid or serial names one GPU, not \"%s\"", tok[1]);
+            return -1;
+        }
+        for (unsigned int i = 0; i < g.topo.count; i++) {
+            if (new_uuid != NULL && strcasecmp(g.topo.gpus[i].uuid, new_uuid) == 0) {
+                snprintf(err, errlen, "uuid %s is already GPU %u's", new_uuid, i);
+                return -1;
+            }
+            if (new_serial != NULL && strcmp(g.topo.gpus[i].serial, new_serial) == 0) {
+                snprintf(err, errlen, "serial %s is already GPU %u's", new_serial, i);
+                return -1;
+            }
+        }
+    }
+
     for (unsigned int gpu = lo; gpu < hi; gpu++) {
         if (type != 0)
             deliver(gpu, type, data);
+        else if (strcmp(verb, "recovery-action") == 0)
+            set_recovery_action(gpu, action);
+        else if (strcmp(verb, "hang") == 0)
+            hang(gpu, seconds);
+        else if (strcmp(verb, "replace") == 0)
+            replace(gpu, new_uuid, new_serial);
         else if (strcmp(verb, "lose") == 0)
             lose(gpu);
         else if (strcmp(verb, "recover") == 0)
@@ -245,7 +409,9 @@ void fake_control_start(const char *path)
     g.control_dev = 0;
     g.control_ino = 0;
     g.control_error_reported = 0;
+    g.control_replaying = 1;
     fake_control_poll();
+    g.control_replaying = 0;
 }
 
 static void report_once(const char *what)

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "nvml_abi.h"
 
@@ -24,6 +25,9 @@
 #define FAKE_NAME_LEN NVML_DEVICE_NAME_V2_BUFFER_SIZE
 #define FAKE_UUID_LEN NVML_DEVICE_UUID_V2_BUFFER_SIZE
 #define FAKE_VERSION_LEN NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
+#define FAKE_SERIAL_LEN NVML_DEVICE_SERIAL_BUFFER_SIZE
+#define FAKE_HANG_MAX_S 3600      /* the longest `hang` window */
+#define FAKE_RECOVERY_ACTION_MIN_DRIVER 565 /* the first driver branch with NVML_FI_DEV_GET_GPU_RECOVERY_ACTION */
 #define FAKE_ERR_LEN 512
 #define FAKE_PATH_LEN 4096
 #define FAKE_QUEUE_LEN 1024       /* events per set; a consumer 1024 events behind is broken */
@@ -37,6 +41,7 @@ struct fake_gpu {
     unsigned int index;
     char name[FAKE_NAME_LEN];
     char uuid[FAKE_UUID_LEN];
+    char serial[FAKE_SERIAL_LEN];            /* the board's serial number (nvmlDeviceGetSerial) */
     unsigned int domain, bus, device;        /* PCI location; function is always 0 */
     unsigned int pci_device_id;              /* device << 16 | vendor, as NVML reports it */
     unsigned int pci_subsystem_id;
@@ -45,6 +50,10 @@ struct fake_gpu {
     unsigned long long supported_events;     /* NVML_EVENT_* mask */
     int lost;                                /* every call on it answers GPU_IS_LOST */
     unsigned long long lost_seq;             /* event sequence number at the loss */
+    int recovery_action_supported;           /* field 230 answers; -1 until the topology resolves it */
+    unsigned int recovery_action;            /* NVML_GPU_RECOVERY_ACTION_* (any 32-bit value) */
+    int hung;                                /* calls on it block until hang_until (CLOCK_MONOTONIC) */
+    struct timespec hang_until;
 };
 
 struct fake_topology {
@@ -90,6 +99,7 @@ struct fake_state {
     dev_t control_dev;
     ino_t control_ino;
     int control_error_reported;
+    int control_replaying;                   /* nvmlInit is replaying the file: skip transient commands */
 };
 
 extern struct fake_state g;
@@ -98,6 +108,12 @@ extern struct fake_state g;
 void fake_default_topology(struct fake_topology *t, unsigned int count);
 /* Load `path` (NULL or "" for the built-in topology). 0, or -1 with a one-line reason in err. */
 int fake_load_topology(const char *path, struct fake_topology *t, char *err, size_t errlen);
+int fake_valid_uuid(const char *uuid);
+int fake_valid_serial(const char *serial);
+/* The deterministic identity of a board swapped in for one with this UUID / serial
+ * (nvsentinel.devtools.fake_nvml.replacement_uuid / replacement_serial compute the same). */
+void fake_replacement_uuid(const char *old_uuid, char *out, size_t outlen);
+void fake_replacement_serial(const char *old_serial, char *out, size_t outlen);
 
 /* control.c (all called with g.lock held) */
 void fake_control_start(const char *path);

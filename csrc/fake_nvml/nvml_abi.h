@@ -53,6 +53,24 @@ typedef unsigned int nvmlReturn_t;
 #define NVML_DEVICE_NAME_V2_BUFFER_SIZE        96
 #define NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE     32
 #define NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE  16
+#define NVML_DEVICE_SERIAL_BUFFER_SIZE         30
+
+/* field ids (pynvml NVML_FI_*) the fake answers; every other id is NOT_SUPPORTED per value */
+#define NVML_FI_DEV_GET_GPU_RECOVERY_ACTION    230u
+
+/* pynvml NVML_GPU_RECOVERY_ACTION_*: the value field 230 reports */
+#define NVML_GPU_RECOVERY_ACTION_NONE                0u
+#define NVML_GPU_RECOVERY_ACTION_GPU_RESET           1u
+#define NVML_GPU_RECOVERY_ACTION_NODE_REBOOT         2u
+#define NVML_GPU_RECOVERY_ACTION_DRAIN_P2P           3u
+#define NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET     4u
+#define NVML_GPU_RECOVERY_ACTION_RECOVER_IMEX_DOMAIN 5u
+#define NVML_GPU_RECOVERY_ACTION_BUS_RESET           6u
+#define NVML_GPU_RECOVERY_ACTION_SYSTEM_REBOOT       7u
+
+/* pynvml _nvmlValueType_t (NVML_VALUE_TYPE_*) */
+#define NVML_VALUE_TYPE_DOUBLE       0u
+#define NVML_VALUE_TYPE_UNSIGNED_INT 1u
 
 /* event type bits (pynvml nvmlEventType*) */
 #define NVML_EVENT_SINGLE_BIT_ECC       0x0000000000000001ULL
@@ -148,10 +166,34 @@ typedef struct {
     unsigned long long eventData;
 } nvmlEventData_v1_t;
 
+/* pynvml c_nvmlValue_t */
+typedef union {
+    double dVal;
+    unsigned int uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    signed long long sllVal;
+    signed int siVal;
+    unsigned short usVal;
+} nvmlValue_t;
+
+/* pynvml c_nvmlFieldValue_t: what nvmlDeviceGetFieldValues fills, one per requested field */
+typedef struct {
+    unsigned int fieldId;      /* in: NVML_FI_* */
+    unsigned int scopeId;      /* in: e.g. an NVLink index; unused by the fields the fake has */
+    long long timestamp;       /* out: CPU time of the read, microseconds since the epoch */
+    long long latencyUsec;     /* out: how long the read took */
+    unsigned int valueType;    /* out: NVML_VALUE_TYPE_* */
+    nvmlReturn_t nvmlReturn;   /* out: this field's own result */
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+
 _Static_assert(sizeof(nvmlPciInfo_t) == 68, "nvmlPciInfo_t layout");
 _Static_assert(sizeof(nvmlPciInfo_v2_t) == 52, "nvmlPciInfo_v2_t layout");
 _Static_assert(sizeof(nvmlPciInfoExt_v1_t) == 0x40, "nvmlPciInfoExt_v1 = 0x1000040");
 _Static_assert(sizeof(nvmlMemory_v2_t) == 0x28, "nvmlMemory_v2 = 0x02000028");
 _Static_assert(sizeof(nvmlEventData_t) == 32, "nvmlEventData_t layout");
+_Static_assert(sizeof(nvmlValue_t) == 8, "nvmlValue_t layout");
+_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t layout");
 
 #endif /* NVSENTINEL_FAKE_NVML_ABI_H */

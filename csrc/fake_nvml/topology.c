@@ -26,14 +26,15 @@ static const unsigned int H100_BUSES[8] = {0x18, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0
 #define H100_PCI_DEVICE_ID 0x233010DEu    /* device 0x2330 (H100 SXM5 80GB), vendor 0x10DE */
 #define H100_PCI_SUBSYSTEM_ID 0x16C110DEu
 #define H100_MEMORY_MIB 81559ULL          /* what nvidia-smi shows as the total of an H100 80GB */
-/* What an R550 driver reports for an H100: ECC (single/double bit), P-state, XID, clock and MIG
- * change. The GPU-unavailable and recovery-action events came with later drivers (R565/R570);
- * a topology file can add them ("supported_events"). */
+/* ECC (single/double bit), P-state, XID, clock and MIG change: the event set every driver since
+ * R450 reports for an H100. The GPU-unavailable and recovery-action events came with later drivers
+ * (R565/R570) and are left out by default, so a consumer is tested without them; a topology file
+ * adds them ("supported_events"). */
 #define H100_SUPPORTED_EVENTS                                                                  \
     (NVML_EVENT_SINGLE_BIT_ECC | NVML_EVENT_DOUBLE_BIT_ECC | NVML_EVENT_PSTATE |            \
      NVML_EVENT_XID_CRITICAL_ERROR | NVML_EVENT_CLOCK | NVML_EVENT_MIG_CONFIG_CHANGE)
-#define DEFAULT_DRIVER_VERSION "550.127.05"
-#define DEFAULT_CUDA_DRIVER_VERSION 12040 /* CUDA 12.4, what R550 ships */
+#define DEFAULT_DRIVER_VERSION "570.133.20" /* R570: has NVML_FI_DEV_GET_GPU_RECOVERY_ACTION */
+#define DEFAULT_CUDA_DRIVER_VERSION 12080     /* CUDA 12.8, what R570 ships */
 
 /* splitmix64: a fixed, well-mixed sequence, so the default UUIDs look random yet never change. */
 static unsigned long long splitmix64(unsigned long long *state)
@@ -44,13 +45,53 @@ static unsigned long long splitmix64(unsigned long long *state)
     return z ^ (z >> 31);
 }
 
+static void format_uuid(unsigned long long *state, char *out, size_t outlen)
+{
+    unsigned long long hi = splitmix64(state);
+    unsigned long long lo = splitmix64(state);
+    snprintf(out, outlen, "GPU-%08llx-%04llx-%04llx-%04llx-%012llx", hi >> 32, (hi >> 16) & 0xFFFFULL,
+             hi & 0xFFFFULL, lo >> 48, lo & 0xFFFFFFFFFFFFULL);
+}
+
 static void default_uuid(unsigned int index, char *out, size_t outlen)
 {
     unsigned long long state = 0x6E7673656E74696EULL ^ ((unsigned long long)index << 32); /* "nvsentin" */
-    unsigned long long hi = splitmix64(&state);
-    unsigned long long lo = splitmix64(&state);
-    snprintf(out, outlen, "GPU-%08llx-%04llx-%04llx-%04llx-%012llx", hi >> 32, (hi >> 16) & 0xFFFFULL,
-             hi & 0xFFFFULL, lo >> 48, lo & 0xFFFFFFFFFFFFULL);
+    format_uuid(&state, out, outlen);
+}
+
+/* A 13-digit board serial (no leading zero), like those nvidia-smi shows for an H100. */
+static void format_serial(unsigned long long *state, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%llu", 1000000000000ULL + splitmix64(state) % 9000000000000ULL);
+}
+
+static void default_serial(unsigned int index, char *out, size_t outlen)
+{
+    unsigned long long state = 0x73657269616C6E6FULL ^ ((unsigned long long)index << 32); /* "serialno" */
+    format_serial(&state, out, outlen);
+}
+
+/* FNV-1a over the text, ASCII letters folded to lower case (UUIDs compare case-insensitively). */
+static unsigned long long fnv1a(const char *text)
+{
+    unsigned long long h = 0xCBF29CE484222325ULL;
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        unsigned char b = (*c >= 'A' && *c <= 'Z') ? (unsigned char)(*c + 32) : *c;
+        h = (h ^ b) * 0x100000001B3ULL;
+    }
+    return h;
+}
+
+void fake_replacement_uuid(const char *old_uuid, char *out, size_t outlen)
+{
+    unsigned long long state = fnv1a(old_uuid);
+    format_uuid(&state, out, outlen);
+}
+
+void fake_replacement_serial(const char *old_serial, char *out, size_t outlen)
+{
+    unsigned long long state = fnv1a(old_serial);
+    format_serial(&state, out, outlen);
 }
 
 static void default_gpu(unsigned int index, struct fake_gpu *gpu)
@@ -67,11 +108,31 @@ static void default_gpu(unsigned int index, struct fake_gpu *gpu)
     gpu->memory_total = H100_MEMORY_MIB * MIB;
     gpu->memory_reserved = 0;
     gpu->supported_events = H100_SUPPORTED_EVENTS;
+    default_serial(index, gpu->serial, sizeof(gpu->serial));
+    gpu->recovery_action_supported = -1; /* resolve_recovery_support() decides from the driver */
+}
+
+/* The major number of "570.133.20"; 0 when the string does not start with one. */
+static unsigned long driver_major(const char *version)
+{
+    char *end = NULL;
+    if (version[0] < '0' || version[0] > '9')
+        return 0;
+    errno = 0;
+    unsigned long major = strtoul(version, &end, 10);
+    return (errno != 0 || (*end != '.' && *end != '\0')) ? 0 : major;
+}
+
+/* Field 230 exists from R565 on, unless the topology said so explicitly for this GPU. */
+static void resolve_recovery_support(const struct fake_topology *t, struct fake_gpu *gpu)
+{
+    if (gpu->recovery_action_supported < 0)
+        gpu->recovery_action_supported = driver_major(t->driver_version) >= FAKE_RECOVERY_ACTION_MIN_DRIVER;
 }
 
 static void derive_nvml_version(struct fake_topology *t)
 {
-    /* NVML's version string is "<CUDA major>.<driver version>", e.g. "12.550.127.05" */
+    /* NVML's version string is "<CUDA major>.<driver version>", e.g. "12.570.133.20" */
     snprintf(t->nvml_version, sizeof(t->nvml_version), "%d.%.64s", t->cuda_driver_version / 1000,
              t->driver_version);
 }
@@ -83,8 +144,10 @@ void fake_default_topology(struct fake_topology *t, unsigned int count)
     t->cuda_driver_version = DEFAULT_CUDA_DRIVER_VERSION;
     derive_nvml_version(t);
     t->count = count;
-    for (unsigned int i = 0; i < count; i++)
+    for (unsigned int i = 0; i < count; i++) {
         default_gpu(i, &t->gpus[i]);
+        resolve_recovery_support(t, &t->gpus[i]);
+    }
 }
 
 /* ---- JSON reader ---- */
@@ -250,6 +313,24 @@ static int jp_uint(struct jp *p, unsigned long long max, unsigned long long *out
     return 0;
 }
 
+static int jp_bool(struct jp *p, int *out, const char *what)
+{
+    jp_peek(p);
+    if (p->n - p->pos >= 4 && strncmp(p->s + p->pos, "true", 4) == 0) {
+        p->pos += 4;
+        *out = 1;
+    } else if (p->n - p->pos >= 5 && strncmp(p->s + p->pos, "false", 5) == 0) {
+        p->pos += 5;
+        *out = 0;
+    } else {
+        return jp_fail(p, "expected %s (true or false)", what);
+    }
+    int c = p->pos < p->n ? (unsigned char)p->s[p->pos] : -1;
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+        return jp_fail(p, "expected %s (true or false)", what);
+    return 0;
+}
+
 /* Iterate an object: *first is 1 before the first key. Returns 1 with the key read and the ':'
  * consumed, 0 at the closing brace, -1 on error. */
 static int jp_next_key(struct jp *p, int *first, char *key, size_t keylen, const char *where)
@@ -319,6 +400,8 @@ enum {
     F_MEMORY = 1 << 5,
     F_RESERVED = 1 << 6,
     F_EVENTS = 1 << 7,
+    F_SERIAL = 1 << 8,
+    F_RECOVERY_SUPPORTED = 1 << 9,
 };
 
 struct gpu_spec {
@@ -394,13 +477,25 @@ static int parse_bus_id(const char *text, struct fake_gpu *gpu)
     return 0;
 }
 
-static int valid_uuid(const char *uuid)
+int fake_valid_uuid(const char *uuid)
 {
     if (strncmp(uuid, "GPU-", 4) != 0 || strlen(uuid) < 5)
         return 0;
     for (const char *c = uuid + 4; *c; c++)
         if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'f') || (*c >= 'A' && *c <= 'F') ||
               *c == '-'))
+            return 0;
+    return 1;
+}
+
+/* 1 to 29 letters, digits or dashes: fits pynvml's 30-byte buffer, and one control-command word. */
+int fake_valid_serial(const char *serial)
+{
+    size_t len = strlen(serial);
+    if (len == 0 || len >= FAKE_SERIAL_LEN)
+        return 0;
+    for (const char *c = serial; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '-'))
             return 0;
     return 1;
 }
@@ -424,7 +519,7 @@ static int parse_gpu(struct jp *p, struct gpu_spec *spec, int allow_identity, co
             bit = F_UUID;
             if (jp_string(p, spec->v.uuid, sizeof(spec->v.uuid), "uuid") < 0)
                 return -1;
-            if (!valid_uuid(spec->v.uuid)) {
+            if (!fake_valid_uuid(spec->v.uuid)) {
                 p->pos = at;
                 return jp_fail(p, "uuid of %s must look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
                                where);
@@ -438,6 +533,21 @@ static int parse_gpu(struct jp *p, struct gpu_spec *spec, int allow_identity, co
                 p->pos = at;
                 return jp_fail(p, "pci_bus_id of %s must look like 00000000:18:00.0", where);
             }
+        } else if (strcmp(key, "serial") == 0 && allow_identity) {
+            char text[64];
+            bit = F_SERIAL;
+            if (jp_string(p, text, sizeof(text), "serial") < 0)
+                return -1;
+            if (!fake_valid_serial(text)) {
+                p->pos = at;
+                return jp_fail(p, "serial of %s must be 1 to %d letters, digits or dashes", where,
+                               FAKE_SERIAL_LEN - 1);
+            }
+            memcpy(spec->v.serial, text, strlen(text) + 1);
+        } else if (strcmp(key, "recovery_action_supported") == 0) {
+            bit = F_RECOVERY_SUPPORTED;
+            if (jp_bool(p, &spec->v.recovery_action_supported, "recovery_action_supported") < 0)
+                return -1;
         } else if (strcmp(key, "pci_device_id") == 0) {
             bit = F_PCI_DEVICE_ID;
             if (jp_uint(p, 0xFFFFFFFFULL, &v, "pci_device_id") < 0)
@@ -469,7 +579,8 @@ static int parse_gpu(struct jp *p, struct gpu_spec *spec, int allow_identity, co
         } else {
             p->pos = key_at;
             return jp_fail(p, "unknown key \"%s\" in %s%s", key, where,
-                           (!allow_identity && (strcmp(key, "uuid") == 0 || strcmp(key, "pci_bus_id") == 0))
+                           (!allow_identity && (strcmp(key, "uuid") == 0 || strcmp(key, "pci_bus_id") == 0 ||
+                                                strcmp(key, "serial") == 0))
                                ? " (it must be unique, so it belongs in a gpus[] entry)"
                                : "");
         }
@@ -504,6 +615,10 @@ static void overlay(struct fake_gpu *gpu, const struct gpu_spec *spec)
         gpu->memory_reserved = v->memory_reserved;
     if (spec->set & F_EVENTS)
         gpu->supported_events = v->supported_events;
+    if (spec->set & F_SERIAL)
+        memcpy(gpu->serial, v->serial, sizeof(gpu->serial));
+    if (spec->set & F_RECOVERY_SUPPORTED)
+        gpu->recovery_action_supported = v->recovery_action_supported;
 }
 
 enum { T_DRIVER = 1, T_NVML = 2, T_CUDA = 4, T_COUNT = 8, T_GPUS = 16, T_DEFAULTS = 32 };
@@ -586,6 +701,7 @@ static int parse_topology(struct jp *p, struct fake_topology *t, struct gpu_spec
         overlay(gpu, &defaults);
         if (seen & T_GPUS)
             overlay(gpu, &specs[i]);
+        resolve_recovery_support(t, gpu);
         if (gpu->memory_reserved > gpu->memory_total)
             return jp_fail(p, "gpus[%u]: memory_reserved_mib is larger than memory_total_mib", i);
         for (unsigned int j = 0; j < i; j++) {
@@ -594,6 +710,8 @@ static int parse_topology(struct jp *p, struct fake_topology *t, struct gpu_spec
             if (t->gpus[j].domain == gpu->domain && t->gpus[j].bus == gpu->bus &&
                 t->gpus[j].device == gpu->device)
                 return jp_fail(p, "gpus[%u] and gpus[%u] have the same pci_bus_id", j, i);
+            if (strcmp(t->gpus[j].serial, gpu->serial) == 0)
+                return jp_fail(p, "gpus[%u] and gpus[%u] have the same serial %s", j, i, gpu->serial);
         }
     }
     return 0;

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nvsentinel.cluster.drain.config import DrainConfig
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.remediation.config import RemediationConfig
+from nvsentinel.cluster.resolution.config import ResolutionConfig
 
 if TYPE_CHECKING:
     from nvsentinel.k8s.runtime.controller import Reconciler
@@ -65,12 +66,11 @@ def _remediation(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconci
 
 
 def _resolution(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
-    from nvsentinel.cluster.resolution.config import ResolutionConfig
     from nvsentinel.cluster.resolution.controller import ResolutionController
 
     q: QuarantineConfig = configs["quarantine"]
-    return ResolutionController(ResolutionConfig(taint_key=q.taint_key, node_selector=q.node_selector,
-                                                 event_selector=q.event_selector))
+    return ResolutionController(dataclasses.replace(configs["resolution"], taint_key=q.taint_key,
+                                                    node_selector=q.node_selector, event_selector=q.event_selector))
 
 
 def _ttl(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
@@ -86,7 +86,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("quarantine", _quarantine, QuarantineConfig),
     Stage("drain", _drain, DrainConfig),
     Stage("remediation", _remediation, RemediationConfig),
-    Stage("resolution", _resolution),
+    Stage("resolution", _resolution, ResolutionConfig),
     Stage("ttl", _ttl),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

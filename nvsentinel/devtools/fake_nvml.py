@@ -2,7 +2,8 @@
 
 FOR TESTS AND DEMOS ONLY. The library (built from csrc/fake_nvml/, see docs/fake-nvml.md) answers
 the NVML calls the NVML provider makes, for a topology of 8x "NVIDIA H100 80GB HBM3" by default,
-and delivers XID, ECC and GPU-lost faults that any process can inject.
+and delivers XID, ECC and GPU-lost faults, recovery actions, hangs and board swaps that any process
+can inject.
 
 Contract:
 - Nothing loads the fake implicitly. `load()` is the only way in; a daemon calls it only when its
@@ -50,6 +51,9 @@ __all__ = [
     "default_control_path",
     "load",
     "loaded",
+    "RECOVERY_ACTIONS",
+    "replacement_uuid",
+    "replacement_serial",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +68,21 @@ SONAME = "libnvidia-ml.so.1"
 _FILE = ("_fake_nvml", "libnvidia-ml-fake.so")  # where setup.py's build_ext puts it
 _IDENTITY = b"nvsentinel-fake-nvml/1"
 _UUID = re.compile(r"GPU-[0-9A-Fa-f-]+")
+_SERIAL = re.compile(r"[0-9A-Za-z-]{1,29}")
+_HANG_MAX_S = 3600
+_U64 = (1 << 64) - 1
+
+#: NVML_GPU_RECOVERY_ACTION_* by name, as the `recovery-action` command spells them.
+RECOVERY_ACTIONS: Mapping[str, int] = {
+    "NONE": 0,
+    "GPU_RESET": 1,
+    "NODE_REBOOT": 2,
+    "DRAIN_P2P": 3,
+    "DRAIN_AND_RESET": 4,
+    "RECOVER_IMEX_DOMAIN": 5,
+    "BUS_RESET": 6,
+    "SYSTEM_REBOOT": 7,
+}
 
 #: A GPU for a fault: its index, its UUID ("GPU-..."), or "all".
 Gpu = int | str
@@ -213,6 +232,60 @@ def load(
     return _loaded
 
 
+def _splitmix64(state: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & _U64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64
+    return state, z ^ (z >> 31)
+
+
+def _fnv1a(text: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in text.encode().lower():  # ASCII case folding, as the library does
+        h = ((h ^ b) * 0x100000001B3) & _U64
+    return h
+
+
+def replacement_uuid(old_uuid: str) -> str:
+    """The UUID the library gives the board swapped in for `old_uuid` by `replace` without a UUID.
+
+    Mirrors csrc/fake_nvml/topology.c (FNV-1a of the old UUID, case-folded, seeding splitmix64), so
+    a test can predict the new identity.
+    """
+    state, hi = _splitmix64(_fnv1a(old_uuid))
+    _, lo = _splitmix64(state)
+    return f"GPU-{hi >> 32:08x}-{(hi >> 16) & 0xFFFF:04x}-{hi & 0xFFFF:04x}-{lo >> 48:04x}-{lo & 0xFFFFFFFFFFFF:012x}"
+
+
+def replacement_serial(old_serial: str) -> str:
+    """The serial the library gives the board swapped in for one with `old_serial` (13 digits)."""
+    _, z = _splitmix64(_fnv1a(old_serial))
+    return str(1000000000000 + z % 9000000000000)
+
+
+def _recovery_action(action: int | str) -> str:
+    if isinstance(action, bool):
+        raise TypeError("a recovery action is a name or an integer, not a bool")
+    if isinstance(action, int):
+        if not 0 <= action <= 0xFFFFFFFF:
+            raise ValueError(f"recovery action must be in 0..4294967295, got {action}")
+        return str(action)
+    if isinstance(action, str) and action.upper() in RECOVERY_ACTIONS:
+        return action.upper()
+    raise ValueError(f"recovery action must be one of {', '.join(RECOVERY_ACTIONS)} or 0..4294967295, got {action!r}")
+
+
+def _seconds(seconds: float) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"hang seconds must be a number, got {seconds!r}")
+    if not 0 <= seconds <= _HANG_MAX_S:  # NaN fails this too
+        raise ValueError(f"hang seconds must be in 0..{_HANG_MAX_S} (0 ends a hang), got {seconds!r}")
+    if isinstance(seconds, int):
+        return str(seconds)
+    return f"{seconds:.6f}".rstrip("0").rstrip(".")  # plain decimal, no exponent: what the library parses
+
+
 def _target(gpu: Gpu) -> str:
     if isinstance(gpu, bool):
         raise TypeError("gpu must be an index, a GPU-... UUID or 'all', not a bool")
@@ -299,8 +372,35 @@ class FaultInjector:
         return self.send(f"recover {_target(gpu)}")
 
     def reset(self, gpu: Gpu) -> str:
-        """A GPU reset: reachable again, and its undelivered events are discarded."""
+        """A GPU reset: reachable again, recovery action NONE, and its undelivered events discarded."""
         return self.send(f"reset {_target(gpu)}")
+
+    def recovery_action(self, gpu: Gpu, name_or_value: int | str) -> str:
+        """The driver's recommended recovery action changes (field 230, plus its event where registered).
+
+        A NAME of `RECOVERY_ACTIONS` (any case) or any 32-bit value, so unknown actions can be tested.
+        """
+        return self.send(f"recovery-action {_target(gpu)} {_recovery_action(name_or_value)}")
+
+    def hang(self, gpu: Gpu, seconds: float) -> str:
+        """Calls naming the GPU block for `seconds` from when the library reads this (0 ends a hang)."""
+        return self.send(f"hang {_target(gpu)} {_seconds(seconds)}")
+
+    def replace(self, gpu: Gpu, uuid: str | None = None, serial: str | None = None) -> str:
+        """The board in the slot is swapped: a new UUID and serial (given, or `replacement_uuid()` /
+        `replacement_serial()` of the old ones), same index, PCI bus id and name, clean state."""
+        words = ["replace", _target(gpu)]
+        if uuid is not None and not (isinstance(uuid, str) and _UUID.fullmatch(uuid)):
+            raise ValueError(f"uuid must look like GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, got {uuid!r}")
+        if serial is not None and not (isinstance(serial, str) and _SERIAL.fullmatch(serial)):
+            raise ValueError(f"serial must be 1 to 29 letters, digits or dashes, got {serial!r}")
+        if (uuid is not None or serial is not None) and words[1] == "*":
+            raise ValueError("a replacement with a given uuid or serial names one GPU, not all")
+        if uuid is not None or serial is not None:
+            words.append(uuid if uuid is not None else "-")
+        if serial is not None:
+            words.append(serial)
+        return self.send(" ".join(words))
 
 
 # ---- the provider's wiring (`--fake-nvml`) ----

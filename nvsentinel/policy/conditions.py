@@ -33,7 +33,8 @@ __all__ = [
     "REASON_UNRESPONSIVE", "UNRESPONSIVE", "RecoveryActionKind", "RECOVERY_ACTIONS", "RECOVERY_ACTION_NAMES",
     "recovery_action_kind",
     "Action", "ReasonKind", "Reason", "FaultKind", "LOST", "DOUBLE_BIT_ECC", "XID_DOUBLE_BIT_ECC", "XID_FALLEN_OFF_BUS",
-    "Xid", "DoubleBitEcc", "SingleBitEcc", "Lost", "Recovered", "Reset", "Event",
+    "Xid", "DoubleBitEcc", "SingleBitEcc", "Lost", "Recovered", "Reset", "RecoveryAction", "Unresponsive",
+    "Responsive", "Event",
     "Finding", "GpuView", "Decision", "decide", "severity", "find_condition", "merge_status",
 ]
 
@@ -329,7 +330,30 @@ class Reset:
     request: str
 
 
-Event = Xid | DoubleBitEcc | SingleBitEcc | Lost | Recovered | Reset
+@dataclasses.dataclass(frozen=True)
+class RecoveryAction:
+    """NVML's recovery action for the GPU as read now (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION).
+
+    A level, not an event: NONE clears the recovery-action finding, any other value (a known one,
+    or one nvsentinel does not know) sets it. The sticky event finding is kept beside it."""
+
+    value: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Unresponsive:
+    """NVML gave no answer for this GPU: a call ran past its deadline, or a health read failed.
+    The condition is Unknown (never healthy) until a fresh call succeeds (`Responsive`)."""
+
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Responsive:
+    """A fresh NVML call on this GPU succeeded: the condition says again what the GPU's state says."""
+
+
+Event = Xid | DoubleBitEcc | SingleBitEcc | Lost | Recovered | Reset | RecoveryAction | Unresponsive | Responsive
 
 
 # ---- state -------------------------------------------------------------------------------------
@@ -351,26 +375,49 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class GpuView:
-    """What a detector believes about one GPU: healthy, or one fatal finding."""
+    """What a detector believes about one GPU.
+
+    Three parts: `finding`, the sticky finding of a fault event (until a recovery signal);
+    `recovery`, the level NVML's recovery action says now (None while it is NONE); `unknown`, set
+    while NVML does not answer for the GPU. The condition is Unknown while `unknown` is set, else
+    False with the worse (by `severity`) of `finding` and `recovery` (the event finding on a tie),
+    else True.
+    """
 
     finding: Finding | None = None
     reason_if_healthy: str = REASON_HEALTHY
     message_if_healthy: str = "NVML reports no fatal error"
     sbe_count: int = 0
+    recovery: Finding | None = None
+    unknown: Finding | None = None
 
     @property
     def healthy(self) -> bool:
-        return self.finding is None
+        return self.finding is None and self.recovery is None and self.unknown is None
+
+    @property
+    def worst(self) -> Finding | None:
+        """The finding the condition shows when NVML answers: the worse of the two, event first on a tie."""
+        if self.recovery is None:
+            return self.finding
+        if self.finding is None or severity(self.recovery.action) > severity(self.finding.action):
+            return self.recovery
+        return self.finding
 
     def condition(self) -> tuple[str, str, str]:
         """(status, reason, message) of the condition, as the Device API carries it."""
-        if self.finding is None:
+        if self.unknown is not None:
+            return "Unknown", self.unknown.reason.wire, self.unknown.message
+        worst = self.worst
+        if worst is None:
             return "True", self.reason_if_healthy, self.message_if_healthy
-        return "False", self.finding.reason.wire, self.finding.message
+        return "False", worst.reason.wire, worst.message
 
     @property
     def action(self) -> Action:
-        return Action.NONE if self.finding is None else self.finding.action
+        """The action of the worse finding (kept while the condition is Unknown)."""
+        worst = self.worst
+        return Action.NONE if worst is None else worst.action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +426,8 @@ class Decision:
     changed: bool
     """True when the condition or the action changed (the status must be written)."""
     note: str
-    """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy, reset."""
+    """Why, for the log: fatal, worse, not-worse, benign, ignored, sbe, lost, recovered, healthy, reset,
+    recovery-action, unresponsive, responsive."""
 
 
 def _xid_finding(
@@ -412,13 +460,25 @@ def decide(
     if isinstance(event, Recovered):
         if view.finding is None:
             return Decision(view, False, "healthy")
-        new = GpuView(None, REASON_RECOVERED, f"NVML healthy again: {event.detail}", view.sbe_count)
-        return Decision(new, True, "recovered")
+        new = dataclasses.replace(view, finding=None, reason_if_healthy=REASON_RECOVERED,
+                                  message_if_healthy=f"NVML healthy again: {event.detail}")
+        return Decision(new, _changed(view, new), "recovered")
     if isinstance(event, Reset):
         # healthy whatever it was: the reset is the recovery signal, and it names who asked for it
+        # (the provider reads the recovery action again right after, so a level still set returns)
         new = GpuView(None, REASON_GPU_RESET,
                       f"GPU reset and re-verified (requested by HealthEvent {event.request})", view.sbe_count)
-        return Decision(new, new.condition() != view.condition() or view.action != Action.NONE, "reset")
+        return Decision(new, _changed(view, new), "reset")
+    if isinstance(event, RecoveryAction):
+        return _recovery_action(view, event.value)
+    if isinstance(event, Unresponsive):
+        new = dataclasses.replace(view, unknown=Finding(UNRESPONSIVE, event.detail, Action.NONE))
+        return Decision(new, _changed(view, new), "unresponsive")
+    if isinstance(event, Responsive):
+        if view.unknown is None:
+            return Decision(view, False, "responsive")
+        new = dataclasses.replace(view, unknown=None)
+        return Decision(new, _changed(view, new), "responsive")
     if isinstance(event, Lost):
         cls = cat.classify(kind="fallen_off_bus")
         finding = Finding(LOST, f"GPU is lost: {event.detail}", cls.action)
@@ -438,7 +498,35 @@ def decide(
         return Decision(view, False, note)
     if view.finding is not None and severity(finding.action) <= severity(view.finding.action):
         return Decision(view, False, "not-worse")
-    return Decision(dataclasses.replace(view, finding=finding), True, "fatal" if view.finding is None else "worse")
+    new = dataclasses.replace(view, finding=finding)
+    return Decision(new, _changed(view, new), "fatal" if view.finding is None else "worse")
+
+
+def _changed(old: GpuView, new: GpuView) -> bool:
+    return old.condition() != new.condition() or old.action != new.action
+
+
+def _recovery_action(view: GpuView, value: int) -> Decision:
+    """The level NVML's recovery action says now; NONE after a value heals unless an event finding is open."""
+    kind = recovery_action_kind(value)
+    if kind.action is Action.NONE and value in RECOVERY_ACTIONS:
+        if view.recovery is None:
+            return Decision(view, False, "healthy")
+        new = dataclasses.replace(view, recovery=None)
+        if view.finding is None:
+            was = view.recovery.reason.code
+            new = dataclasses.replace(new, reason_if_healthy=REASON_RECOVERED,
+                                      message_if_healthy=f"NVML recovery action back to NONE (was {was})")
+        return Decision(new, _changed(view, new), "recovered")
+    if value in RECOVERY_ACTIONS:
+        message = f"NVML recovery action {kind.name} ({value}): recommended {kind.action}"
+    else:
+        message = f"NVML recovery action {value} is not one nvsentinel knows: a human must look"
+    finding = Finding(Reason.for_recovery_action(value), message, kind.action)
+    if view.recovery == finding:
+        return Decision(view, False, "recovery-action")
+    new = dataclasses.replace(view, recovery=finding)
+    return Decision(new, _changed(view, new), "recovery-action")
 
 
 # ---- writing a status --------------------------------------------------------------------------
@@ -459,8 +547,9 @@ def merge_status(
     `view`'s; other conditions kept. Every detector writes through it with its own type.
 
     The transition time changes only when the condition's status changes. `recommended_action`:
-    unhealthy → our action unless another provider's False condition already asks for something
-    worse; healthy → NONE unless another provider's condition is False (then left alone).
+    False → our action unless another provider's False condition already asks for something
+    worse; True → NONE unless another provider's condition is False (then left alone); Unknown →
+    left alone (an open finding's action stands; nothing is raised on a GPU we cannot read).
     """
     status, reason, message = view.condition()
     out = gpu_pb2.GpuStatus()
@@ -485,9 +574,10 @@ def merge_status(
     else:
         new.last_transition_time.seconds = now_seconds
         new.last_transition_time.nanos = now_nanos
-    if not view.healthy:
+    if status == "False":
         if not (others_false and severity(current.recommended_action) > severity(view.action)):
             out.recommended_action = str(view.action)
-    elif not others_false:
+    elif status == "True" and not others_false:
         out.recommended_action = str(Action.NONE)
+    # Unknown: we cannot tell, so the action stands as it is (an open finding's, or NONE)
     return out

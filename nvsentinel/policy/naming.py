@@ -14,9 +14,16 @@ from typing import Final
 
 from nvsentinel.policy.healthevent import LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE
 
-__all__ = ["COMPONENT_CLASS", "MAX_NAME", "MAX_LABEL", "gpu_short", "event_name", "label_value", "event_labels"]
+__all__ = [
+    "COMPONENT_CLASS", "NVSWITCH_CLASS", "NVSWITCH_PART", "MAX_NAME", "MAX_LABEL", "gpu_short", "event_name",
+    "node_event_name", "label_value", "event_labels",
+]
 
 COMPONENT_CLASS: Final = "GPU"
+NVSWITCH_CLASS: Final = "NVSwitch"
+"""componentClass of a node-level NVSwitch event (an SXid: the whole NVLink fabric, not one GPU)."""
+NVSWITCH_PART: Final = "nvswitch"
+"""What stands in a node-level NVSwitch event's name where a GPU event has `<gpu8>` (never 8 hex digits)."""
 MAX_NAME: Final = 253
 MAX_LABEL: Final = 63
 _NOT_NAME = re.compile(r"[^a-z0-9.-]+")
@@ -50,13 +57,24 @@ def event_name(node: str, uuid: str, identity: str, when: _dt.datetime) -> str:
     publisher re-creates the same object (409) instead of a duplicate. When it must be shortened,
     the node part is cut and a hash of the full identity keeps distinct inputs distinct.
     """
+    return _name(node, gpu_short(uuid), uuid, identity, when)
+
+
+def node_event_name(node: str, part: str, identity: str, when: _dt.datetime) -> str:
+    """`<node>.<part>.<identity>.<unix seconds>`: an event about the node, not one GPU (`part`
+    `nvswitch`). Every GPU that reports the same fault at the same time computes the same name, so
+    their copies collapse into one object (409)."""
+    return _name(node, part, part, identity, when)
+
+
+def _name(node: str, part: str, key: str, identity: str, when: _dt.datetime) -> str:
     seconds = str(math.floor((when - _EPOCH).total_seconds()))
-    tail = [*_dns_labels(gpu_short(uuid)), *(_dns_labels(identity) or ["x"]), seconds]
+    tail = [*_dns_labels(part), *(_dns_labels(identity) or ["x"]), seconds]
     head = _dns_labels(node) or ["node"]
     name = ".".join(head + tail)
     if len(name) <= MAX_NAME:
         return name
-    digest = _hash(node, uuid, identity, seconds)[:10]
+    digest = _hash(node, key, identity, seconds)[:10]
     tail_text = ".".join(tail)
     room = MAX_NAME - len(tail_text) - len(digest) - 2  # "<head>-<digest>.<tail>"
     if room >= 1:
@@ -73,11 +91,11 @@ def label_value(text: str) -> str:
     return value[: MAX_LABEL - 9].rstrip("-_.") + "-" + _hash(text)[:8]
 
 
-def event_labels(node: str, *, fatal: bool, source: str) -> dict[str, str]:
+def event_labels(node: str, *, fatal: bool, source: str, component_class: str = COMPONENT_CLASS) -> dict[str, str]:
     """The labels every node-side HealthEvent carries (node, component class, fatality, source)."""
     return {
         LABEL_NODE: label_value(node),
-        LABEL_COMPONENT_CLASS: COMPONENT_CLASS,
+        LABEL_COMPONENT_CLASS: label_value(component_class),
         LABEL_IS_FATAL: "true" if fatal else "false",
         LABEL_SOURCE: label_value(source),
     }

@@ -186,3 +186,98 @@ def test_config_validation_names_the_flag(kw: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RemediationConfig(**kw).validate()
     RemediationConfig().validate()
+
+
+# ---- one fault, one remediation; stale evidence -------------------------------------------------------------------
+
+def _cond(reason: str, status: str = "False", at: dt.datetime = T0) -> tuple[Condition, ...]:
+    return (Condition(ConditionType.REMEDIATED, status, reason, "m", at),)
+
+
+def _pci(ev: HealthEvent, uuid: str, slot: str) -> HealthEvent:
+    return dataclasses.replace(ev, spec=dataclasses.replace(
+        ev.spec, entities_impacted=(Entity("GPU", uuid), Entity("PCI", slot))))
+
+
+NOW = T0 + dt.timedelta(minutes=10)
+REBOOT, RESET = logic.Strategy.REBOOT, logic.Strategy.GPU_RESET
+
+
+def test_a_second_fault_waits_for_the_running_remediation_that_contends_with_it() -> None:
+    me = event("me", detected=T0 + dt.timedelta(minutes=5))
+    running = event("run", phase=Phase.REMEDIATING, last_remediation=T0, conditions=_cond("RebootJobCreated"))
+    assert logic.remediation_in_progress(me, REBOOT, [me, running], now=NOW, cfg=CFG) is running
+    # a reboot of the node contends with anything on it; a reset of another GPU only with a reboot
+    other_gpu = event("me2", gpus=(G2,), action=Action.COMPONENT_RESET)
+    assert logic.remediation_in_progress(other_gpu, RESET, [running], now=NOW, cfg=CFG) is running
+    resetting = event("rs", action=Action.COMPONENT_RESET, phase=Phase.REMEDIATING, last_remediation=T0)
+    assert logic.remediation_in_progress(other_gpu, RESET, [resetting], now=NOW, cfg=CFG) is None
+    assert logic.remediation_in_progress(event("me3"), RESET, [resetting], now=NOW, cfg=CFG) is resetting
+    assert logic.remediation_in_progress(event("x", node="n2"), REBOOT, [running], now=NOW, cfg=CFG) is None
+    out = logic.in_progress_outcome(me, running, CFG)
+    assert (out.phase, out.status, out.reason) == (Phase.DRAINED, "False", "RemediationInProgress")
+    assert "run" in out.message and out.requeue_after == CFG.remediation_poll
+    assert out.reason in logic.WAITING_REASONS and out.reason not in logic.HELD_REASONS
+
+
+def test_of_two_faults_starting_together_only_the_first_observed_acts() -> None:
+    a, b = event("a", detected=T0), event("b", detected=T0 + dt.timedelta(seconds=1))
+    assert logic.remediation_in_progress(a, REBOOT, [a, b], now=NOW, cfg=CFG) is None
+    assert logic.remediation_in_progress(b, REBOOT, [a, b], now=NOW, cfg=CFG) is a
+    held = event("a", detected=T0, conditions=_cond("ManualRemediationRequired"))
+    assert logic.remediation_in_progress(b, REBOOT, [held, b], now=NOW, cfg=CFG) is None  # it will not act
+    stale_cfg = dataclasses.replace(CFG, max_event_age=60)
+    assert logic.remediation_in_progress(b, REBOOT, [a, b], now=NOW, cfg=stale_cfg) is None  # a is stale: waits
+
+
+def test_covered_by_a_remediation_that_succeeded_after_the_fault_was_observed() -> None:
+    done_at = T0 + dt.timedelta(minutes=3)
+    rebooted = event("r", phase=Phase.REMEDIATED, last_remediation=T0 + dt.timedelta(minutes=1),
+                     conditions=_cond("RebootSucceeded", "True", done_at))
+    me = event("me", detected=T0 + dt.timedelta(minutes=2))
+    assert logic.covered_by(me, REBOOT, [rebooted]) is rebooted
+    assert logic.covered_by(me, RESET, [rebooted]) is rebooted              # a reboot resets every GPU
+    assert logic.covered_by(event("late", detected=done_at + dt.timedelta(seconds=1)), REBOOT, [rebooted]) is None
+    assert logic.covered_by(me, logic.Strategy.MANUAL, [rebooted]) is None
+    reset = event("rs", action=Action.COMPONENT_RESET, phase=Phase.RESOLVED, last_remediation=T0,
+                  conditions=_cond("GpuResetVerified", "True", done_at))
+    assert logic.covered_by(me, RESET, [reset]) is reset
+    assert logic.covered_by(me, REBOOT, [reset]) is None                    # a reset is not a reboot
+    assert logic.covered_by(event("g2", gpus=(G2,)), RESET, [reset]) is None
+    failed = event("f", phase=Phase.DRAINED, last_remediation=T0, conditions=_cond("RemediationFailed"))
+    assert logic.covered_by(me, REBOOT, [failed]) is None
+    out = logic.covered_outcome(me, rebooted)
+    status = logic.apply_outcome(me, out, NOW)
+    assert (status.phase, out.reason, out.status) == (Phase.REMEDIATED, "RemediatedWithEvent", "True")
+    assert status.last_remediation_time == rebooted.status.last_remediation_time and "r" in out.message
+    # the escalation count sees one reboot, not two
+    me_done = dataclasses.replace(me, status=status)
+    assert [p.name for p in logic.prior_remediations(event("next"), [rebooted, me_done], NOW, 86400)] == ["r"]
+
+
+def test_stale_evidence_waits_for_fresh_evidence_or_the_operator() -> None:
+    old = _pci(event("old", detected=T0 - dt.timedelta(hours=30)), G1, "00000000:5D:00.0")
+    fresh = _pci(event("new", detected=NOW), G2, "0000:5d:00.0")                  # same slot, new board
+    elsewhere = _pci(event("else", detected=NOW), G2, "0000:3b:00.0")
+    assert logic.fresh_evidence(old, [old, fresh, elsewhere], NOW, 86400) is fresh
+    assert logic.fresh_evidence(old, [old, elsewhere], NOW, 86400) is None
+    assert logic.fresh_evidence(old, [_pci(event("n", detected=T0 - dt.timedelta(hours=25)), G1, "0000:5d:00.0")],
+                                NOW, 86400) is None                          # fresh only within the max age
+    cfg = dataclasses.replace(CFG, max_event_age=86400)
+    alone = logic.stale_outcome(old, None, NOW, cfg)
+    assert (alone.phase, alone.status, alone.reason, alone.warning) == (Phase.DRAINED, "False", "StaleEvidence", True)
+    assert "--max-event-age 86400s" in alone.message and logic.STALE_ANNOTATION in alone.message
+    assert alone.create_job is None and alone.reason in logic.WAITING_REASONS
+    with_fresh = logic.stale_outcome(old, fresh, NOW, cfg)
+    assert "new" in with_fresh.message and not with_fresh.warning
+    assert not logic.stale_approved(old)
+    assert logic.stale_approved(dataclasses.replace(old, annotations={logic.STALE_ANNOTATION: "True"}))
+    assert logic.triage(dataclasses.replace(old, status=HealthEventStatus(
+        phase=Phase.DRAINED, conditions=_cond("StaleEvidence")))) is logic.Triage.START
+
+
+def test_max_event_age_setting() -> None:
+    assert RemediationConfig().max_event_age == 86400
+    RemediationConfig(max_event_age=0).validate()
+    with pytest.raises(ValueError, match="--max-event-age"):
+        RemediationConfig(max_event_age=-1).validate()

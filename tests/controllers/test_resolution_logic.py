@@ -1,6 +1,7 @@
 """Resolution decisions (pure): which healthy event answers which fault, and how a node is released."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -201,3 +202,74 @@ def test_a_terminated_node_resolves_its_remediated_events() -> None:
     status = logic.terminated_status(done, T0)
     assert status.phase is Phase.RESOLVED and status.resolved_at == T0
     assert status.condition(ConditionType.RESOLVED).reason == "NodeTerminated"
+
+
+# ---- a GPU replaced across a reboot: matched by PCI slot, never by UUID alone -----------------------------------
+
+def _with(ev: HealthEvent, *entities: Entity) -> HealthEvent:
+    return dataclasses.replace(ev, spec=dataclasses.replace(ev.spec, entities_impacted=entities))
+
+
+@pytest.mark.parametrize(("healthy_entities", "expected"), [
+    ((Entity("GPU", "GPU-new"), Entity("PCI", "0000:5d:00.0")), True),       # another board, the same slot
+    ((Entity("GPU", "GPU-new"), Entity("PCI", "00000000:5D:00.0")), True),   # NVML's spelling of it
+    ((Entity("GPU", "GPU-new"), Entity("PCI", "0000:3b:00.0")), False),      # another slot
+    ((Entity("GPU", "GPU-new"),), False),                                    # no slot: the UUID must match
+    ((Entity("GPU", "GPU-old"),), True),                                     # the same board
+    ((Entity("PCI", "0000:5d:00.0"),), True),                                # the slot alone names the GPU
+])
+def test_answers_by_uuid_or_pci_slot(healthy_entities: tuple[Entity, ...], expected: bool) -> None:
+    fatal = _with(event("f"), Entity("GPU", "GPU-old"), Entity("PCI", "00000000:5D:00.0"))
+    healthy = _with(event("h", healthy=True, at=1), *healthy_entities)
+    assert logic.answers(healthy, fatal) is expected
+    assert not logic.answers(_with(event("h", healthy=True, at=1, node="n2"), *healthy_entities), fatal)
+    assert not logic.answers(_with(event("h", healthy=True, at=-1), *healthy_entities), fatal)  # older
+
+
+def test_resolved_status_names_the_slot_and_both_uuids_when_the_board_changed() -> None:
+    fatal = _with(event("f"), Entity("GPU", "GPU-old"), Entity("PCI", "0000:5d:00.0"))
+    healthy = _with(event("h", healthy=True, at=1), Entity("GPU", "GPU-new"), Entity("PCI", "0000:5d:00.0"))
+    (res,) = logic.plan_resolutions([fatal, healthy])
+    msg = logic.resolved_status(res, T0).condition(ConditionType.RESOLVED).message
+    assert "PCI 0000:5d:00.0: GPU-old → GPU-new" in msg and "h" in msg
+
+
+# ---- the Node is gone ----------------------------------------------------------------------------------------
+
+def test_node_gone_closes_open_events_after_the_grace_only() -> None:
+    now = T0 + dt.timedelta(seconds=100)
+    old, young = event("old", created=0), event("young", created=90)
+    done = event("done", created=0, phase=Phase.RESOLVED)
+    term = dataclasses.replace(event("term", created=0), status=HealthEventStatus(
+        phase=Phase.REMEDIATED, conditions=(Condition(ConditionType.REMEDIATED, "True", "NodeTerminated", "m", T0),)))
+    healthy = event("h", healthy=True, phase=Phase.NEW, created=0)
+    assert [e.name for e in logic.node_gone_events([old, young, done, term, healthy], now, 30)] == ["old", "h"]
+    assert [e.name for e in logic.node_gone_events([old, young], now, 0)] == ["old", "young"]
+
+
+def test_node_gone_status_cancels_with_a_reason_and_starts_the_ttl_clock() -> None:
+    now = T0 + dt.timedelta(hours=1)
+    st = logic.node_gone_status(event("f"), now)
+    cond = st.condition(ConditionType.RESOLVED)
+    assert st.phase is Phase.CANCELLED and st.resolved_at == now and st.phase.terminal
+    assert (cond.status, cond.reason) == ("False", "NodeGone") and "404" in cond.message
+    dry = logic.node_gone_status(event("f"), now, dry_run=True)
+    assert dry.phase is Phase.QUARANTINED and dry.resolved_at is None
+    assert dry.condition(ConditionType.RESOLVED).reason == "DryRunNodeGone"
+
+
+def test_node_gone_grace_is_validated() -> None:
+    ResolutionConfig(node_gone_grace=0).validate()
+    with pytest.raises(ValueError, match="--node-gone-grace"):
+        ResolutionConfig(node_gone_grace=-1).validate()
+
+
+def test_evidence_age_is_judged_on_observed_at_and_zero_turns_it_off() -> None:
+    from nvsentinel.policy import evidence
+
+    lying = event("f", at=10**6, created=0)  # detectedAt far ahead of its creation: creation + 60 s counts
+    assert evidence.observed_at(lying) == T0 + dt.timedelta(seconds=60) == logic.observed_at(lying)
+    now = T0 + dt.timedelta(hours=25)
+    assert evidence.is_stale(event("f", created=0), now, 86400)
+    assert not evidence.is_stale(event("f", created=0), now, 0)
+    assert not evidence.is_stale(event("f", at=3600, created=3600), now, 86400)

@@ -108,6 +108,7 @@ ALL_FEATURES: dict[str, Any] = {
     "fullnameOverride": "gpu-health",
     "image": {"repository": "registry.example.com/nvsentinel", "tag": "1.2.3", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
+    "xidOverrides": {"13": {"action": "COMPONENT_RESET", "reason": "site policy"}},
     "commonLabels": {"team": "sre"},
     "logging": {"format": "plain", "level": "DEBUG"},
     "chain": {"taint": {"key": "example.com/gpu-broken", "value": "yes", "effect": "NoExecute"},

@@ -28,7 +28,7 @@ from rbac import service_account_kubeconfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
 from apiserver import SubprocessServer  # noqa: E402
-from nvml_fake_helpers import UUIDS  # noqa: E402
+from nvml_fake_helpers import BUS_IDS, SERIALS, UUIDS  # noqa: E402
 
 from nvsentinel.xid import Action  # noqa: E402
 from nvsentinel.cluster.quarantine.config import QuarantineConfig  # noqa: E402
@@ -139,7 +139,8 @@ def test_xid79_to_cordoned_node_end_to_end(control_plane: ControlPlane, kube: Ku
         assert he.spec.error_codes == ("79",)
         assert he.spec.recommended_action is Action.RESTART_BM
         assert he.spec.is_fatal and not he.spec.is_healthy
-        assert he.spec.entities_impacted == (Entity("GPU", UUIDS[3]),)
+        assert he.spec.entities_impacted == (Entity("GPU", UUIDS[3]), Entity("PCI", BUS_IDS[3]),
+                                             Entity("GPU_SERIAL", SERIALS[3]))
         assert he.spec.node_name == agent.node and he.spec.component_class == "GPU"
 
         def phase_quarantined() -> HealthEvent | None:
@@ -178,7 +179,8 @@ def test_no_event_lost_while_the_api_server_is_down(control_plane: ControlPlane,
         wait_until(lambda: quarantined(kube, agent.node), timeout=60, what="quarantine after the outage",
                    daemons=[agent.publisher, ctl])
         (ev,) = events_for(kube, agent.node)
-        assert HealthEvent.from_dict(ev).spec.entities_impacted == (Entity("GPU", UUIDS[5]),)
+        assert HealthEvent.from_dict(ev).spec.entities_impacted == (
+            Entity("GPU", UUIDS[5]), Entity("PCI", BUS_IDS[5]), Entity("GPU_SERIAL", SERIALS[5]))
     finally:
         ctl.close()
 

@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nvml"))
 from apiserver import SubprocessServer  # noqa: E402
-from nvml_fake_helpers import UUIDS  # noqa: E402
+from nvml_fake_helpers import BUS_IDS, SERIALS, UUIDS  # noqa: E402
 
 from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 from nvsentinel.cluster.remediation.logic import job_name  # noqa: E402
@@ -295,7 +295,8 @@ def test_headline_xid79_to_reboot_to_resolved_to_ttl(world: World) -> None:
     ev = wait_until(w.fatal, what="the HealthEvent", daemons=w.daemons())
     name = ev["metadata"]["name"]
     assert ev["spec"]["errorCodes"] == ["79"] and ev["spec"]["recommendedAction"] == "RESTART_BM"
-    assert ev["spec"]["entitiesImpacted"] == [{"type": "GPU", "value": UUIDS[3]}]
+    assert ev["spec"]["entitiesImpacted"] == [{"type": "GPU", "value": UUIDS[3]}, {"type": "PCI", "value": BUS_IDS[3]},
+                                              {"type": "GPU_SERIAL", "value": SERIALS[3]}]
     wait_until(w.quarantined, what="cordon + taint", daemons=w.daemons())
     blocked = wait_until(lambda: (e := w.get(name)) and e["status"].get("phase") == "Draining" and
                          "disruption budget" in cond(e, "PodsDrained")["message"] and e,
@@ -330,7 +331,9 @@ def test_headline_xid79_to_reboot_to_resolved_to_ttl(world: World) -> None:
     assert "nvsentinel.nvidia.com/quarantine" not in (w.node_obj()["metadata"].get("annotations") or {})
     healthy = [e for e in w.events() if e["spec"]["isHealthy"]]
     assert [e["spec"]["source"] for e in healthy] == ["remediation-agent"]
-    assert healthy[0]["spec"]["entitiesImpacted"] == [{"type": "GPU", "value": UUIDS[3]}]
+    assert healthy[0]["spec"]["entitiesImpacted"] == [{"type": "GPU", "value": UUIDS[3]},
+                                                      {"type": "PCI", "value": BUS_IDS[3]},
+                                                      {"type": "GPU_SERIAL", "value": SERIALS[3]}]
     assert cond(res, "Resolved")["reason"] == "HealthyEventReceived"
     assert healthy[0]["metadata"]["name"] in cond(res, "Resolved")["message"]
 

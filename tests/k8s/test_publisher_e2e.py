@@ -176,7 +176,10 @@ def test_publisher_e2e_fault_dedup_restart_recovery(control_plane, crd_installed
             assert (s.error_codes, s.recommended_action, s.is_fatal, s.is_healthy) == (("79",), "RESTART_BM", True, False)
             assert (s.source, s.agent, s.node_name, s.component_class, s.check_name) == (
                 "nvml-provider", "nvsentinel-publisher", node, "GPU", "xid-error-check")
-            assert [(e.type, e.value) for e in s.entities_impacted] == [("GPU", UUIDS[3])]
+            # the GPU, then its PCI slot and board serial as far as the provider registered them
+            spec = client.get_gpu(UUIDS[3]).spec
+            want = [("GPU", UUIDS[3])] + [(t, v) for t, v in (("PCI", spec.pci_bus_id), ("GPU_SERIAL", spec.serial)) if v]
+            assert [(e.type, e.value) for e in s.entities_impacted] == want
             assert s.message == "XID 79: GPU has fallen off the bus"
             assert dict(s.metadata) == {"conditionType": "NvmlHealthy", "reason": "Xid79"}
             assert dict(ev.labels) == {LABEL_NODE: node, LABEL_COMPONENT_CLASS: "GPU", LABEL_IS_FATAL: "true",

@@ -205,7 +205,8 @@ def test_kmsg_monitor_cli_registered():
                          capture_output=True, text=True, timeout=60, check=True).stdout
     for flag in ("--address", "--source", "--state-file", "--dedup-window", "--ignored-xids",
                  "--poll-interval", "--syslog-interval", "--max-line-bytes", "--metrics-port", "--http-bind-address",
-                 "--log-format", "--log-level", "--node-name", "KMSG_MONITOR_SOURCE", "KMSG_MONITOR_MAX_LINE_BYTES"):
+                 "--log-format", "--log-level", "--node-name", "KMSG_MONITOR_SOURCE", "KMSG_MONITOR_MAX_LINE_BYTES",
+                 "--xid-overrides", "NVSENTINEL_XID_OVERRIDES"):
         assert flag in out
 
 

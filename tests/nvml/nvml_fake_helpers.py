@@ -149,3 +149,21 @@ UUIDS = [
     "GPU-52b81f07-a3a7-4f63-8230-94a60121e489",
     "GPU-fbb47182-3151-f650-bb28-627c0c4b623c",
 ]
+
+#: The default PCI bus ids as NVML writes them, in device-index order (docs/fake-nvml.md).
+BUS_IDS = [f"00000000:{bus}:00.0" for bus in ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")]
+
+#: The default board serials, in device-index order (docs/fake-nvml.md); 13 digits, like an H100's.
+SERIALS = [
+    "1584599117040",
+    "3445944457933",
+    "6862077252711",
+    "2645154599609",
+    "3533968738104",
+    "9650881804520",
+    "9435417890636",
+    "5737694684938",
+]
+
+#: NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, the one field id the fake answers.
+FI_RECOVERY_ACTION = 230

@@ -45,9 +45,9 @@ print(json.dumps(out))
 def test_default_topology_is_eight_h100s():
     """Verify the built-in node: 8x H100 80GB HBM3 with stable UUIDs, H100 PCI ids and 80 GB memory."""
     out = last_json(run_script(ENUMERATE))
-    assert out["driver"] == "550.127.05"
-    assert out["nvml"] == "12.550.127.05"
-    assert out["cuda"] == 12040
+    assert out["driver"] == "570.133.20"  # R570: has the GPU recovery-action field
+    assert out["nvml"] == "12.570.133.20"
+    assert out["cuda"] == 12080
     assert out["count"] == 8
     gpus = out["gpus"]
     assert [g["index"] for g in gpus] == list(range(8))
@@ -62,7 +62,7 @@ def test_default_topology_is_eight_h100s():
     assert {g["pciSubSystemId"] for g in gpus} == {0x16C110DE}
     assert {tuple(g["mem"]) for g in gpus} == {(H100_TOTAL, H100_TOTAL, 0)}
     assert {tuple(g["mem2"]) for g in gpus} == {(H100_TOTAL, 0, H100_TOTAL, 0)}
-    # SBE, DBE, P-state, XID, clock, MIG change: an R550 H100
+    # SBE, DBE, P-state, XID, clock, MIG change: no GPU-unavailable or recovery-action events by default
     assert {g["events"] for g in gpus} == {0x11F}
     assert all(g["same_handle"] for g in gpus)
 
@@ -129,6 +129,11 @@ BAD_TOPOLOGIES = [
     ('{"gpu_count": 1, "gpu_count": 2}', 'duplicate key "gpu_count"'),
     ("", "the file is empty"),
     ("[1, 2]", "expected an object for the topology"),
+    ('{"gpus": [{"serial": "1"}, {"serial": "1"}]}', "gpus[0] and gpus[1] have the same serial 1"),
+    ('{"gpus": [{"serial": "12 34"}]}', "serial of gpus[0] must be 1 to 29 letters, digits or dashes"),
+    ('{"defaults": {"serial": "1"}}', 'unknown key "serial" in defaults (it must be unique'),
+    ('{"defaults": {"recovery_action_supported": 1}}', "expected recovery_action_supported (true or false)"),
+    ('{"defaults": {"recovery_action_supported": truest}}', "expected recovery_action_supported (true or false)"),
 ]
 
 
@@ -179,7 +184,7 @@ def test_missing_functions_raise_function_not_found():
     h = N.nvmlDeviceGetHandleByIndex(0)
     seen = []
     for call in (lambda: N.nvmlDeviceGetTemperature(h, 0), lambda: N.nvmlDeviceGetPowerUsage(h),
-                 lambda: N.nvmlDeviceGetSerial(h), lambda: N.nvmlSystemGetProcessName(1)):
+                 lambda: N.nvmlDeviceGetClockInfo(h, 0), lambda: N.nvmlSystemGetProcessName(1)):
         try:
             call()
         except N.NVMLError_FunctionNotFound:

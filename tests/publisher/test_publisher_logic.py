@@ -175,11 +175,14 @@ def test_recurrence_after_recovery_is_a_new_event():
 
 
 def test_unknown_between_false_and_true_still_recovers():
-    """Verify an Unknown status neither opens nor closes, and a later True still closes the fault."""
+    """Verify an Unknown status closes nothing (its own report is a non-fatal event), and a later
+    True still closes every fault with one healthy event."""
     _, events = run(make_gpu(UUIDS[0], nvml("False", "Xid79", T0)),
                     make_gpu(UUIDS[0], nvml("Unknown", "NvmlDown", T0 + 5)),
                     make_gpu(UUIDS[0], nvml("True", "Recovered", T0 + 9)))
-    assert [e.spec.is_healthy for e in events] == [False, True]
+    assert [(e.spec.is_healthy, e.spec.is_fatal, e.spec.metadata["reason"]) for e in events] == [
+        (False, True, "Xid79"), (False, False, "NvmlDown"), (True, False, "Recovered")]
+    assert events[2].spec.error_codes == ("79", "NvmlDown")
 
 
 @pytest.mark.parametrize("conds, want", [

@@ -12,7 +12,7 @@ from nvsentinel._proto import gpu_pb2
 from nvsentinel.node.publisher import logic as publisher_logic
 from nvsentinel.node.remediation_agent.logic import (
     answered, merge_request, plan, request_for, requests_reset, reset_requests, verification_event, verifications,
-    verified_at,
+    verified_at, gpus_of,
 )
 from nvsentinel.policy.healthevent import (
     LABEL_COMPONENT_CLASS, LABEL_IS_FATAL, LABEL_NODE, LABEL_SOURCE, Entity, HealthEvent, Phase,
@@ -274,3 +274,48 @@ def test_applying_the_plan_reaches_a_fixed_point(raw_events, raw_gpus):
             assert reqs[0] in asking.get(g.metadata.name, ()) and not answered(g, reqs[0])
     # the verified events are a function of the events and GPUs only
     assert [h.name for h in again.create] == [h.name for h in p.create]
+
+
+# ---- a GPU replaced across a reboot ----
+
+def _slotted(uuid: str, slot: str, serial: str, *conds: gpu_pb2.Condition) -> gpu_pb2.Gpu:
+    g = make_gpu(uuid, *conds)
+    g.spec.pci_bus_id, g.spec.serial = slot, serial
+    return g
+
+
+def _fault(name: str, uuid: str, slot: str, serial: str) -> HealthEvent:
+    e = event(name, uuid, phase=Phase.REMEDIATED, reason="RebootSucceeded", remediated_status="True")
+    return dataclasses.replace(e, spec=dataclasses.replace(e.spec, entities_impacted=(
+        Entity("GPU", uuid), Entity("PCI", slot), Entity("GPU_SERIAL", serial))))
+
+
+def test_a_gpu_is_found_by_uuid_else_by_its_pci_slot_never_in_another_slot():
+    """Verify gpus_of: the event's UUID first; a new board in the event's slot (any spelling) is found and
+    reported replaced; a GPU in another slot is not the event's."""
+    fault = _fault("f", UUIDS[0], "00000000:5D:00.0", "S-A")
+    same = _slotted(UUIDS[0], "00000000:5D:00.0", "S-A")
+    new = _slotted(UUIDS[1], "0000:5d:00.0", "S-B")
+    other = _slotted(UUIDS[2], "0000:3b:00.0", "S-C")
+    assert [(g.metadata.name, r) for g, r in gpus_of(fault, [same, other])] == [(UUIDS[0], None)]
+    assert [(g.metadata.name, r) for g, r in gpus_of(fault, [new, other])] == [(UUIDS[1], (UUIDS[0], "S-A"))]
+    assert gpus_of(fault, [other]) == []
+
+
+def test_verification_of_a_replaced_gpu_names_the_new_board_and_says_so():
+    """Verify the healthy event for a board found by its slot names the new UUID, the slot and the new serial,
+    and its message says the GPU was replaced (old → new UUID and serial); a same-board one says nothing of it."""
+    fault = _fault("f", UUIDS[0], "00000000:5D:00.0", "S-A")
+    new = _slotted(UUIDS[1], "0000:5d:00.0", "S-B", cond("NvmlHealthy", "True", "NvmlOk", T0 + 30))
+    other = _slotted(UUIDS[2], "0000:3b:00.0", "S-C", cond("NvmlHealthy", "True", "NvmlOk", T0 + 30))
+    (h,) = verifications([fault], [new, other], NODE)
+    assert h.gpu_uuids == (UUIDS[1],) and h.pci_slots == ("0000:5d:00.0",)
+    assert Entity("GPU_SERIAL", "S-B") in h.spec.entities_impacted
+    assert f"replaced: UUID {UUIDS[0]} → {UUIDS[1]}, serial S-A → S-B" in h.spec.message
+    assert h.spec.metadata["replacedUuid"] == UUIDS[0]
+    assert verifications([fault], [other], NODE) == []
+    same = _slotted(UUIDS[0], "00000000:5D:00.0", "S-A", cond("NvmlHealthy", "True", "NvmlOk", T0 + 30))
+    (s,) = verifications([fault], [same], NODE)
+    assert "replaced" not in s.spec.message and "replacedUuid" not in s.spec.metadata
+    assert s.spec.entities_impacted == (Entity("GPU", UUIDS[0]), Entity("PCI", "00000000:5D:00.0"),
+                                        Entity("GPU_SERIAL", "S-A"))

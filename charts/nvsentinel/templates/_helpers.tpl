@@ -131,3 +131,17 @@ kmsg-monitor: 65522
 publisher: 65523
 remediation-agent: 65524
 {{- end -}}
+
+{{/* The site's XID catalog overrides (values.xidOverrides, docs/xid.md): one file for every daemon that
+classifies (NVML provider, kernel-log monitor, publisher), found through the one variable they all read. */}}
+{{- define "nvsentinel.xidOverridesEnv" -}}
+{{- if .Values.xidOverrides }}
+- {name: NVSENTINEL_XID_OVERRIDES, value: /etc/nvsentinel/xid-overrides/overrides.json}
+{{- end }}
+{{- end }}
+
+{{- define "nvsentinel.xidOverridesMount" -}}
+{{- if .Values.xidOverrides }}
+- {name: xid-overrides, mountPath: /etc/nvsentinel/xid-overrides, readOnly: true}
+{{- end }}
+{{- end }}

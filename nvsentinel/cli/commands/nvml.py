@@ -1,6 +1,8 @@
 """`nvsentinel nvml`: drive the fake libnvidia-ml (tests and demos only; see docs/fake-nvml.md).
 
-    nvsentinel nvml inject --gpu GPU (--xid N | --ecc dbe|sbe | --lose | --recover | --reset)
+    nvsentinel nvml inject --gpu GPU (--xid N | --ecc dbe|sbe | --lose | --recover | --reset
+                                      | --recovery-action NAME|N | --hang SECONDS
+                                      | --replace [--new-uuid UUID] [--new-serial SERIAL])
                            [--control PATH]
     nvsentinel nvml library-path
 
@@ -23,7 +25,7 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "nvml",
-        help="drive the fake libnvidia-ml used by tests and the demo (inject XID, ECC, GPU lost)",
+        help="drive the fake libnvidia-ml used by tests and the demo (inject XID, ECC, GPU lost, hangs, ...)",
         description="Drive nvsentinel's fake libnvidia-ml (tests and demos only).",
     )
     sub = parser.add_subparsers(dest="nvml_command", metavar="SUBCOMMAND")
@@ -43,8 +45,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     what.add_argument("--lose", action="store_true", help="the GPU falls off the bus (GPU_IS_LOST)")
     what.add_argument("--recover", action="store_true", help="a lost GPU is reachable again")
     what.add_argument(
-        "--reset", action="store_true", help="reset the GPU: reachable again, undelivered events dropped"
+        "--reset",
+        action="store_true",
+        help="reset the GPU: reachable again, recovery action NONE, undelivered events dropped",
     )
+    what.add_argument(
+        "--recovery-action",
+        metavar="NAME|N",
+        help="set the GPU's recovery action (field 230, and its event): "
+        f"{', '.join(fake_nvml.RECOVERY_ACTIONS)} (any case), or a number 0..4294967295",
+    )
+    what.add_argument(
+        "--hang",
+        type=float,
+        metavar="SECONDS",
+        help="calls on the GPU block for SECONDS (a decimal number, 0..3600; 0 ends a hang)",
+    )
+    what.add_argument(
+        "--replace",
+        action="store_true",
+        help="swap the board: new UUID and serial (derived unless --new-uuid/--new-serial), same slot",
+    )
+    inject.add_argument("--new-uuid", metavar="UUID", help="with --replace: the new board's GPU-... UUID")
+    inject.add_argument("--new-serial", metavar="SERIAL", help="with --replace: the new board's serial")
     inject.add_argument(
         "--control",
         metavar="PATH",
@@ -66,8 +89,15 @@ def _gpu(text: str) -> fake_nvml.Gpu:
     return int(text) if text.isdigit() else text
 
 
+def _recovery_action(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def _inject(args: argparse.Namespace) -> int:
     injector = fake_nvml.FaultInjector(args.control)
+    if (args.new_uuid is not None or args.new_serial is not None) and not args.replace:
+        print("nvsentinel nvml inject: --new-uuid and --new-serial go with --replace", file=sys.stderr)
+        return 2
     try:
         gpu = _gpu(args.gpu)
         if args.xid is not None:
@@ -78,6 +108,12 @@ def _inject(args: argparse.Namespace) -> int:
             command = injector.lose(gpu)
         elif args.recover:
             command = injector.recover(gpu)
+        elif args.recovery_action is not None:
+            command = injector.recovery_action(gpu, _recovery_action(args.recovery_action))
+        elif args.hang is not None:
+            command = injector.hang(gpu, args.hang)
+        elif args.replace:
+            command = injector.replace(gpu, uuid=args.new_uuid, serial=args.new_serial)
         else:
             command = injector.reset(gpu)
     except ValueError as exc:

@@ -27,6 +27,10 @@ class RemediationConfig:
     escalation_threshold: int = setting(3, help="a node/GPU already remediated this many times within "
                                         "--escalation-window goes to a human instead (CONTACT_SUPPORT); 0: never")
     escalation_window: float = setting(86400.0, help="seconds the escalation count looks back")
+    max_event_age: float = setting(86400.0, help="seconds: a fatal event observed longer ago than this (its "
+                                   "detectedAt, at most creation + 60 s) when its remediation would start is "
+                                   "quarantined and drained but not remediated without fresh evidence "
+                                   "(StaleEvidence); 0: off")
     remediation_poll: float = setting(5.0, help="seconds between re-checks while a remediation runs (Job and "
                                       "HealthEvent changes wake it sooner)")
     # no flags of their own: `nvsentinel controllers` passes its --namespace (where reboot Jobs run)
@@ -58,6 +62,8 @@ class RemediationConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0.01..86400 seconds, got {value}")
         if not 1 <= self.gpu_reset_timeout <= 86400:
             raise ValueError(f"--gpu-reset-timeout must be 1..86400 seconds, got {self.gpu_reset_timeout}")
+        if not 0 <= self.max_event_age <= 365 * 86400:
+            raise ValueError(f"--max-event-age must be 0..31536000 seconds (0: off), got {self.max_event_age}")
         if not 0 <= self.escalation_threshold <= 1000:
             raise ValueError(f"--escalation-threshold must be 0..1000, got {self.escalation_threshold}")
         if not 1 <= self.escalation_window <= 365 * 86400:

@@ -21,6 +21,7 @@ from nvsentinel.k8s.resources import JOBS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.status import write_outcome
+from nvsentinel.policy.evidence import is_stale
 from nvsentinel.policy.healthevent import HealthEvent, Phase
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ __all__ = ["RemediationController", "ACTIONS"]
 
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
 ACTIONS = ("reboot", "reboot-succeeded", "reboot-failed", "terminate", "gpu-reset-requested",
-           "gpu-reset-verified", "manual", "none", "escalate", "remediation-failed", "dry-run")
+           "gpu-reset-verified", "manual", "none", "escalate", "remediation-failed", "remediated-with",
+           "stale-evidence", "dry-run")
 _LIVE = frozenset({Phase.DRAINED, Phase.REMEDIATING})
 
 
@@ -71,6 +73,14 @@ class RemediationController:
                 return
             if ((obj.get("status") or {}).get("phase") or Phase.NEW) in _LIVE:
                 ctx.queue.add(name)
+            # a fault that changes may be what another event of the node waits for (a remediation ending, fresh
+            # evidence): judge those again now, not at the next poll
+            for ev in self._events.by_index(BY_NODE, str(spec.get("nodeName") or "")):
+                status = ev.get("status") or {}
+                if ev["metadata"]["name"] != name and status.get("phase") == Phase.DRAINED and any(
+                        c.get("type") == logic.CONDITION and c.get("reason") in logic.WAITING_REASONS
+                        for c in status.get("conditions") or ()):
+                    ctx.queue.add(ev["metadata"]["name"])
 
         def on_job(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             event = job_event(obj)
@@ -129,6 +139,10 @@ class RemediationController:
             return logic.reboot_progress(event, self._attempts(event), now, cfg)
         if ctx.dry_run:
             return logic.dry_run_outcome(event, strategy, why)
+        if strategy in (logic.Strategy.REBOOT, logic.Strategy.TERMINATE, logic.Strategy.GPU_RESET):
+            waited = self._one_remediation(event, strategy, now)
+            if waited is not None:
+                return waited
         if strategy in (logic.Strategy.REBOOT, logic.Strategy.TERMINATE, logic.Strategy.GPU_RESET) and \
                 cfg.escalation_threshold > 0:
             prior = logic.prior_remediations(event, self._node_events(event.spec.node_name), now,
@@ -147,6 +161,22 @@ class RemediationController:
         if strategy is logic.Strategy.GPU_RESET:
             return logic.gpu_reset_request_outcome(event)
         return logic.held_outcome(event, strategy, why)
+
+    def _one_remediation(self, event: HealthEvent, strategy: logic.Strategy,
+                         now: _dt.datetime) -> logic.RemediationOutcome | None:
+        """One fault, one remediation: wait for a contending one, count one that already fixed this fault, and
+        never act on stale evidence alone (--max-event-age). None: go ahead."""
+        cfg = self.config
+        others = self._node_events(event.spec.node_name)
+        running = logic.remediation_in_progress(event, strategy, others, now=now, cfg=cfg)
+        if running is not None:
+            return logic.in_progress_outcome(event, running, cfg)
+        by = logic.covered_by(event, strategy, others)
+        if by is not None:
+            return logic.covered_outcome(event, by)
+        if is_stale(event, now, cfg.max_event_age) and not logic.stale_approved(event):
+            return logic.stale_outcome(event, logic.fresh_evidence(event, others, now, cfg.max_event_age), now, cfg)
+        return None
 
     def _attempts(self, event: HealthEvent) -> dict[int, dict[str, Any]]:
         return logic.attempts_of(event.name, self._jobs.by_index(BY_EVENT, event.name))  # type: ignore[return-value]

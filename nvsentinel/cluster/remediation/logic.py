@@ -21,8 +21,12 @@ from typing import Any
 
 from nvsentinel.cluster.indexes import JOB_EVENT_ANNOTATION
 from nvsentinel.cluster.remediation.config import RemediationConfig
-from nvsentinel.policy.healthevent import GROUP, KIND, VERSION, ConditionType, HealthEvent, Phase
-from nvsentinel.policy.outcome import Outcome, apply_outcome
+from nvsentinel.policy.evidence import DEFAULT_SKEW, is_stale, observed_at, same_gpu
+from nvsentinel.policy.healthevent import (
+    GROUP, KIND, VERSION, ConditionType, HealthEvent, HealthEventStatus, Phase, format_time,
+)
+from nvsentinel.policy.outcome import Outcome
+from nvsentinel.policy.outcome import apply_outcome as outcome_status
 from nvsentinel.policy.outcome import same_decision as same_decision_of
 from nvsentinel.xid import Action
 
@@ -30,6 +34,8 @@ __all__ = [
     "ACTOR", "STRATEGY_ANNOTATION", "Strategy", "ACTION_STRATEGY", "HELD_REASONS", "choose_strategy",
     "Triage", "triage", "prior_remediations", "JOB_LABELS", "job_name", "job_body", "JobState", "job_state",
     "CONDITION", "RemediationOutcome", "apply_outcome", "same_decision", "reboot_progress", "gpu_reset_verified_by",
+    "STALE_ANNOTATION", "WAITING_REASONS", "overlaps", "remediation_in_progress", "in_progress_outcome",
+    "covered_by", "covered_outcome", "fresh_evidence", "stale_outcome", "stale_approved",
 ]
 
 ACTOR = "nvsentinel-remediation"
@@ -69,6 +75,14 @@ ACTION_STRATEGY: Mapping[Action, Strategy] = {
 #: `Remediated False` reasons that park an event in Drained for a human: this stage does nothing more.
 HELD_REASONS = frozenset({"ManualRemediationRequired", "EscalatedToSupport", "RemediationFailed",
                           "NoRemediation", "TerminateNotPossible", "GpuResetNotPossible", "InvalidStrategy"})
+#: `Remediated False` reasons of an event that waits in Drained for something the cluster will show (another
+#: event's remediation to end, fresh evidence, an operator's annotation): judged again whenever the node's
+#: events change.
+WAITING_REASONS = frozenset({"RemediationInProgress", "StaleEvidence"})
+#: `Remediated True`: another event's remediation fixed this fault too (nothing was run for this one).
+REMEDIATED_WITH = "RemediatedWithEvent"
+#: An operator's decision that a stale event (StaleEvidence) is remediated as it is (value `true`).
+STALE_ANNOTATION = "nvsentinel.nvidia.com/remediate-stale"
 
 
 def choose_strategy(event: HealthEvent) -> tuple[Strategy | None, str]:
@@ -113,13 +127,152 @@ def _same_entity(a: HealthEvent, b: HealthEvent) -> bool:
     return not ga or not gb or bool(ga & gb)
 
 
+def _remediated_with_another(event: HealthEvent) -> bool:
+    cond = event.status.condition(ConditionType.REMEDIATED)
+    return cond is not None and cond.reason == REMEDIATED_WITH
+
+
 def prior_remediations(event: HealthEvent, others: Iterable[HealthEvent], now: _dt.datetime,
                        window: float) -> list[HealthEvent]:
-    """Other events of the same node/GPU whose remediation began within the window, oldest first."""
+    """Other events of the same node/GPU whose remediation began within the window, oldest first. An event
+    remediated with another (`RemediatedWithEvent`: it shares that one's time) is not a remediation of its own:
+    one reboot counts once."""
     since = now - _dt.timedelta(seconds=window)
     out = [o for o in others if o.name != event.name and o.status.last_remediation_time is not None
-           and since <= o.status.last_remediation_time <= now and _same_entity(event, o)]
+           and since <= o.status.last_remediation_time <= now and _same_entity(event, o)
+           and not _remediated_with_another(o)]
     return sorted(out, key=lambda o: (o.status.last_remediation_time, o.name))
+
+
+# ---- one fault, one remediation ------------------------------------------------------------------------
+
+#: Strategies that act on the machine; only they wait for, or are covered by, another event's remediation.
+_ACTING = frozenset({Strategy.REBOOT, Strategy.TERMINATE, Strategy.GPU_RESET})
+_FAR_FUTURE = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
+
+
+def overlaps(a: HealthEvent, b: HealthEvent) -> bool:
+    """Same node, and the same GPU (UUID or PCI slot), or one of them names no GPU (it is about the node)."""
+    if a.spec.node_name != b.spec.node_name:
+        return False
+    if not (a.gpu_uuids or a.pci_slots) or not (b.gpu_uuids or b.pci_slots):
+        return True
+    return same_gpu(a, b)
+
+
+_NODE_WIDE = frozenset({Strategy.REBOOT, Strategy.TERMINATE})
+
+
+def _contends(a: HealthEvent, sa: Strategy | None, b: HealthEvent, sb: Strategy | None) -> bool:
+    """Whether remediating `a` with `sa` and `b` with `sb` at once would act twice or under each other's feet."""
+    return a.spec.node_name == b.spec.node_name and (sa in _NODE_WIDE or sb in _NODE_WIDE or overlaps(a, b))
+
+
+def _order(event: HealthEvent, skew: _dt.timedelta) -> tuple[_dt.datetime, str]:
+    return observed_at(event, skew), event.name
+
+
+def remediation_in_progress(event: HealthEvent, strategy: Strategy | None, others: Iterable[HealthEvent], *,
+                            now: _dt.datetime, cfg: RemediationConfig,
+                            skew: _dt.timedelta = DEFAULT_SKEW) -> HealthEvent | None:
+    """The event whose remediation this one must wait for, else None: another fatal event of the node that is
+    `Remediating` in a way that contends with this one (a reboot or terminate of the node, a reboot of it while
+    a GPU reset runs, a reset of the same GPU), else one that is first in line to start (Drained, to be acted
+    on, observed earlier). Starting now would act twice: a second reboot Job for one node, one fault."""
+    running, queued = [], []
+    for o in others:
+        if o.name == event.name or not o.spec.is_fatal or o.spec.is_healthy:
+            continue
+        how = choose_strategy(o)[0]
+        if how not in _ACTING or not _contends(event, strategy, o, how):
+            continue
+        if o.status.phase is Phase.REMEDIATING:
+            running.append(((o.status.last_remediation_time or _FAR_FUTURE), o.name, o))
+        elif triage(o) is Triage.START and _order(o, skew) < _order(event, skew) and \
+                not (is_stale(o, now, cfg.max_event_age, skew) and not stale_approved(o)):
+            queued.append((*_order(o, skew), o))
+    return min(running)[2] if running else min(queued)[2] if queued else None
+
+
+def in_progress_outcome(event: HealthEvent, running: HealthEvent, cfg: RemediationConfig) -> RemediationOutcome:
+    strategy = choose_strategy(running)[0]
+    state = "in progress" if running.status.phase is Phase.REMEDIATING else "first in line"
+    return _result(Phase.DRAINED, "False", "RemediationInProgress",
+                   f"waiting for HealthEvent {running.name} ({strategy.value if strategy else '?'} on node "
+                   f"{event.spec.node_name}, {state}): one remediation at a time; when it succeeds after this "
+                   f"fault it counts for this event too; {ACTOR}", requeue_after=cfg.remediation_poll)
+
+
+def _covers(done: Strategy | None, wanted: Strategy, event: HealthEvent, other: HealthEvent) -> bool:
+    if done is Strategy.REBOOT:
+        return wanted in (Strategy.REBOOT, Strategy.GPU_RESET)  # a reboot resets every GPU of the node
+    if done is Strategy.GPU_RESET:
+        return wanted is Strategy.GPU_RESET and overlaps(event, other)
+    return False
+
+
+def covered_by(event: HealthEvent, strategy: Strategy | None, others: Iterable[HealthEvent], *,
+               skew: _dt.timedelta = DEFAULT_SKEW) -> HealthEvent | None:
+    """Another event of the node whose remediation succeeded after this fault was observed and fixes it too (a
+    reboot covers a reboot or a GPU reset; a GPU reset covers a reset of the same GPU), else None. Its success
+    is its `Remediated` True transition; the first such by that time. A fault observed after it is a new one."""
+    if strategy is None or strategy not in (Strategy.REBOOT, Strategy.GPU_RESET):
+        return None
+    seen = observed_at(event, skew)
+    found = []
+    for o in others:
+        cond = o.status.condition(ConditionType.REMEDIATED)
+        if o.name == event.name or o.spec.node_name != event.spec.node_name or not o.spec.is_fatal or \
+                cond is None or cond.status != "True" or o.status.last_remediation_time is None or \
+                o.status.phase not in (Phase.REMEDIATED, Phase.RESOLVED) or seen > cond.last_transition_time:
+            continue
+        if _covers(choose_strategy(o)[0], strategy, event, o):
+            found.append((cond.last_transition_time, o.name, o))
+    return min(found)[2] if found else None
+
+
+def covered_outcome(event: HealthEvent, by: HealthEvent) -> RemediationOutcome:
+    """Remediated with `by`: its remediation time is this event's too (the node agent's verification and the
+    escalation count treat both as one remediation)."""
+    how = choose_strategy(by)[0]
+    return _result(Phase.REMEDIATED, "True", REMEDIATED_WITH,
+                   f"covered by the {how.value if how else '?'} done for HealthEvent {by.name} on node "
+                   f"{event.spec.node_name}, which succeeded after this fault was observed; nothing run twice; "
+                   f"{ACTOR}", action="remediated-with", remediated_at=by.status.last_remediation_time)
+
+
+def stale_approved(event: HealthEvent) -> bool:
+    """The operator's annotation says a stale event is remediated as it is."""
+    return (event.annotations.get(STALE_ANNOTATION) or "").strip().lower() == "true"
+
+
+def fresh_evidence(event: HealthEvent, others: Iterable[HealthEvent], now: _dt.datetime, max_age: float, *,
+                   skew: _dt.timedelta = DEFAULT_SKEW) -> HealthEvent | None:
+    """A fatal event of the same node and GPU (UUID or PCI slot; or about the whole node) observed within
+    `max_age` of `now`: the fault is still there. The newest such, else None."""
+    horizon = now - _dt.timedelta(seconds=max_age)
+    found = [o for o in others if o.name != event.name and o.spec.is_fatal and not o.spec.is_healthy
+             and overlaps(event, o) and observed_at(o, skew) >= horizon]
+    return max(found, key=lambda o: (observed_at(o, skew), o.name)) if found else None
+
+
+def stale_outcome(event: HealthEvent, fresh: HealthEvent | None, now: _dt.datetime, cfg: RemediationConfig, *,
+                  skew: _dt.timedelta = DEFAULT_SKEW) -> RemediationOutcome:
+    """Quarantined and drained, never remediated on old evidence alone (a cold start after an outage, a breaker
+    open for hours): say why, and what lets it proceed."""
+    seen = observed_at(event, skew)
+    age = (now - seen).total_seconds()
+    old = f"observed at {format_time(seen)}, {age / 3600:.1f} h ago, older than --max-event-age {cfg.max_event_age:g}s"
+    if fresh is not None:
+        return _result(Phase.DRAINED, "False", "StaleEvidence",
+                       f"{old}: not remediated on its own; fresh evidence HealthEvent {fresh.name} (observed "
+                       f"{format_time(observed_at(fresh, skew))}) is remediated instead, and this event counts as "
+                       f"remediated with it; {ACTOR}", action="stale-evidence")
+    return _result(Phase.DRAINED, "False", "StaleEvidence",
+                   f"{old}: quarantined and drained but not remediated without fresh evidence; it proceeds on a new "
+                   f"fatal event for the same GPU (UUID or PCI slot) observed within the max age, or on the "
+                   f"operator's annotation {STALE_ANNOTATION}=true; a healthy event resolves it; {ACTOR}",
+                   action="stale-evidence", warning=True)
 
 
 # ---- reboot Jobs --------------------------------------------------------------------------------------
@@ -232,6 +385,15 @@ class RemediationOutcome(Outcome):
     create_job: int | None = None
     """create reboot Job attempt n (after the status says Remediating); counted and announced on creation"""
     delete_node: bool = False
+    remediated_at: _dt.datetime | None = None
+    """lastRemediationTime to record (another event's: remediated together), in place of now"""
+
+
+def apply_outcome(event: HealthEvent, outcome: Outcome, now: _dt.datetime) -> HealthEventStatus:
+    """The status after `outcome` (`policy.outcome.apply_outcome`), with a shared remediation's time."""
+    status = outcome_status(event, outcome, now)
+    at = getattr(outcome, "remediated_at", None)
+    return dataclasses.replace(status, last_remediation_time=at) if at is not None else status
 
 
 def _result(phase: Phase, status: str, reason: str, message: str, **more: Any) -> RemediationOutcome:

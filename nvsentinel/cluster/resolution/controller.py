@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ResolutionController", "ACTIONS"]
 
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
-ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "dry-run-resolve", "dry-run-uncordon",
-           "dry-run-remove-taint")
+ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "cancel-node-gone", "dry-run-resolve",
+           "dry-run-uncordon", "dry-run-remove-taint", "dry-run-cancel-node-gone")
 
 
 class ResolutionController:
@@ -79,8 +79,7 @@ class ResolutionController:
 
         node = self._nodes.get(key)
         if node is None:
-            await self._resolve_terminated(key, events, ctx, now)
-            return None
+            return await self._node_gone(key, [e for e in events if e.name not in answered], ctx, now)
         try:
             own = ownership_of(node)
         except ValueError:
@@ -133,20 +132,37 @@ class ResolutionController:
         await ctx.recorder.event(node, "Normal", reason, message)
         return None
 
-    async def _resolve_terminated(self, node: str, events: list[HealthEvent], ctx: ControllerContext,
-                                  now: Any) -> None:
-        """Events remediated by deleting their Node resolve once the server confirms the Node is gone."""
-        done = [e for e in events if logic.node_terminated(e)]
-        if not done:
-            return
+    async def _node_gone(self, node: str, events: list[HealthEvent], ctx: ControllerContext,
+                         now: Any) -> Result | None:
+        """The Node is not in our cache. Once the server confirms it is gone (404), events remediated by deleting
+        it resolve (`NodeTerminated`), and every other open event is cancelled (`NodeGone`) after the grace;
+        otherwise every stage would requeue them forever. Comes back when the oldest waiting one's grace ends."""
+        terminated = [e for e in events if logic.node_terminated(e)]
+        grace = self.config.node_gone_grace
+        gone = logic.node_gone_events(events, now, grace)
+        closing = {e.name for e in gone}
+        waiting = [e for e in events if not e.status.phase.terminal and not logic.node_terminated(e)
+                   and e.name not in closing]
+        later = None
+        if waiting:
+            first = min((e.creation_timestamp or e.spec.detected_at) for e in waiting)
+            later = Result(requeue_after=max(grace - (now - first).total_seconds(), 0.0) + 0.5)
+        if not terminated and not gone:
+            return later  # nothing to close yet: no request until the grace ends
         try:
             await ctx.kube.get(NODES, node)
-            return  # our cache is behind (or a selector hides it): not gone
+            return None  # our cache is behind (or a selector hides it): not gone
         except KubeNotFound:
             pass
-        for ev in done:
+        for ev in terminated:
             await self._write(ev, logic.terminated_status(ev, now), ctx,
                               action="dry-run-resolve" if ctx.dry_run else "resolve")
+        for ev in gone:
+            if await self._write(ev, logic.node_gone_status(ev, now, dry_run=ctx.dry_run), ctx,
+                                 action="dry-run-cancel-node-gone" if ctx.dry_run else "cancel-node-gone"):
+                logger.info("healthevent cancelled: node gone", extra={"kv": {
+                    "node": node, "healthevent": ev.name, "phase": str(ev.status.phase), "dry_run": ctx.dry_run}})
+        return later
 
     def _node_events(self, node: str, ctx: ControllerContext) -> list[HealthEvent]:
         out = []

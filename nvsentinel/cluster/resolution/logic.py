@@ -13,26 +13,18 @@ from typing import Any
 
 from nvsentinel.cluster.ownership import ANNOTATION, Ownership, ownership_of
 from nvsentinel.cluster.resolution.config import ResolutionConfig
+from nvsentinel.policy.evidence import DEFAULT_SKEW, observed_at, same_gpu
 from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
 
 __all__ = [
     "ACTOR", "DEFAULT_SKEW", "observed_at", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
     "NodeRelease", "plan_release", "node_terminated", "terminated_status", "operator_uncordoned", "operator_uncordon_status",
+    "NODE_GONE", "node_gone_events", "node_gone_status",
 ]
 
 ACTOR = "nvsentinel-resolution"
-#: How far a node's clock may run ahead of the API server's before its detectedAt stops being believed.
-DEFAULT_SKEW = _dt.timedelta(seconds=60)
-
-
-def observed_at(event: HealthEvent, skew: _dt.timedelta = DEFAULT_SKEW) -> _dt.datetime:
-    """When the event happened, as far as anyone can know: its detectedAt, but never later than its creation
-    (the API server's clock) plus `skew`. A node whose clock runs ahead, or one that lies (detectedAt 2099),
-    would otherwise date a recovery after every later fault and mask it."""
-    created = event.creation_timestamp
-    if created is None:
-        return event.spec.detected_at
-    return min(event.spec.detected_at, created + skew)
+#: The Resolved reason of an event closed because its Node no longer exists (phase Cancelled).
+NODE_GONE = "NodeGone"
 
 
 def is_open_fatal(event: HealthEvent) -> bool:
@@ -42,7 +34,8 @@ def is_open_fatal(event: HealthEvent) -> bool:
 
 def answers(healthy: HealthEvent, fatal: HealthEvent, *, skew: _dt.timedelta = DEFAULT_SKEW,
             nodewide: bool = False) -> bool:
-    """Whether `healthy` resolves `fatal`: same node, not older (`observed_at`), and one of its GPUs.
+    """Whether `healthy` resolves `fatal`: same node, not older (`observed_at`), and one of its GPUs, by UUID or
+    by PCI slot (`same_gpu`: a board swapped during a reboot comes back with a new UUID in the same slot).
 
     A healthy event older than the fault says nothing about it (a recovery before a new failure). One that names
     no GPU clears the whole node only where the operator allows it (`nodewide`, --resolve-nodewide-healthy): a
@@ -52,10 +45,9 @@ def answers(healthy: HealthEvent, fatal: HealthEvent, *, skew: _dt.timedelta = D
         return False
     if observed_at(fatal, skew) > observed_at(healthy, skew):
         return False
-    gpus = set(healthy.gpu_uuids)
-    if not gpus:
+    if not healthy.gpu_uuids and not healthy.pci_slots:
         return nodewide
-    return bool(gpus & set(fatal.gpu_uuids))
+    return same_gpu(healthy, fatal)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,7 +83,12 @@ def _set(event: HealthEvent, cond: Condition, **changes: Any) -> HealthEventStat
 def resolved_status(res: Resolution, now: _dt.datetime, *, dry_run: bool = False) -> HealthEventStatus:
     """Resolved, condition Resolved True HealthyEventReceived; dry-run keeps the phase and says False."""
     fatal, healthy = res.fatal, res.healthy
-    gpus = ", ".join(sorted(set(healthy.gpu_uuids) & set(fatal.gpu_uuids))) or "all GPUs"
+    shared = sorted(set(healthy.gpu_uuids) & set(fatal.gpu_uuids))
+    slots = sorted(set(healthy.pci_slots) & set(fatal.pci_slots))
+    if not shared and slots:  # the same slot, another board: say both UUIDs
+        shared = [f"PCI {s}: {', '.join(fatal.gpu_uuids) or '?'} → {', '.join(healthy.gpu_uuids) or '?'}"
+                  for s in slots]
+    gpus = ", ".join(shared) or "all GPUs"
     what = f"healthy HealthEvent {healthy.name} on node {fatal.spec.node_name} ({gpus})"
     gen = fatal.generation
     if dry_run:
@@ -114,6 +111,28 @@ def terminated_status(event: HealthEvent, now: _dt.datetime) -> HealthEventStatu
                                  f"node {event.spec.node_name} was deleted for replacement; nothing left to "
                                  f"verify, by {ACTOR}", now, event.generation),
                 phase=Phase.RESOLVED, resolved_at=event.status.resolved_at or now)
+
+
+def node_gone_events(events: Iterable[HealthEvent], now: _dt.datetime, grace: float) -> list[HealthEvent]:
+    """The open events of a Node the API server says is gone (the caller confirmed it with a GET 404) that nothing
+    else will close: not terminal, not remediated by deleting the Node (those resolve as `NodeTerminated`), and
+    created at least `grace` seconds ago (an event can arrive before its Node registers)."""
+    horizon = now - _dt.timedelta(seconds=grace)
+    return [e for e in events if not e.status.phase.terminal and not node_terminated(e)
+            and (e.creation_timestamp or e.spec.detected_at) <= horizon]
+
+
+def node_gone_status(event: HealthEvent, now: _dt.datetime, *, dry_run: bool = False) -> HealthEventStatus:
+    """Cancelled, condition Resolved False NodeGone, `resolvedAt` set (the TTL clock): nothing is left to fix or
+    verify, and an open event would be requeued by every stage forever. Dry-run keeps the phase and says so."""
+    what = f"node {event.spec.node_name} no longer exists (the API server answered 404)"
+    if dry_run:
+        return _set(event, Condition(ConditionType.RESOLVED, "False", "DryRun" + NODE_GONE,
+                                     f"dry-run: would cancel: {what}, by {ACTOR}", now, event.generation))
+    return _set(event, Condition(ConditionType.RESOLVED, "False", NODE_GONE,
+                                 f"{what}; cancelled without remediation or verification, by {ACTOR}", now,
+                                 event.generation),
+                phase=Phase.CANCELLED, resolved_at=event.status.resolved_at or now)
 
 
 # ---- the Node ---------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ import re
 import socket
 
 from nvsentinel.node.endpoints import DEFAULT_UNIX_SOCKET
-from nvsentinel.node.nvml_settings import DEFAULT_RESET_COMMAND, check_nvml_settings
-from nvsentinel.service.settings import check_logging, check_range, setting
+from nvsentinel.node.nvml_settings import (
+    DEFAULT_HEALTH_POLL_INTERVAL, DEFAULT_NVML_CALL_TIMEOUT, DEFAULT_RESET_COMMAND, check_nvml_settings,
+)
+from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, check_range, setting
 
 ENV_PREFIX = "DEVICE_API_"
 #: gRPC's message and option values are C ints.
@@ -98,6 +100,18 @@ class DeviceApiSettings:
     )
     fake_nvml_topology: str = setting("", help="fake NVML topology JSON file (empty: built-in 8x H100)")
     fake_nvml_control: str = setting("", help="fake NVML control file (empty: the fake's default)")
+    nvml_health_poll_interval: float = setting(
+        DEFAULT_HEALTH_POLL_INTERVAL, help="seconds between the NVML provider's reads of each GPU's recovery action "
+        "(the health level; also the liveness probe of a GPU's NVML calls)"
+    )
+    nvml_call_timeout: float = setting(
+        DEFAULT_NVML_CALL_TIMEOUT, help="seconds an NVML call on one GPU may take before that GPU is reported "
+        "Unknown (NvmlUnresponsive); the other GPUs carry on"
+    )
+    xid_overrides: str = setting(
+        "", help="XID site override file (JSON, docs/xid.md) for the NVML provider's classification",
+        metavar="PATH", env=XID_OVERRIDES_ENV,
+    )
 
     def validate(self) -> None:
         if not self.grpc_address and not self.unix_socket:
@@ -138,7 +152,9 @@ class DeviceApiSettings:
                     " (--max-list-bytes at least)")
         check_logging(self.log_format, self.log_level)
         check_nvml_settings(self.nvml_ignored_xids, self.nvml_reset_command, fake=self.fake_nvml,
-                            fake_topology=self.fake_nvml_topology, fake_control=self.fake_nvml_control)
+                            fake_topology=self.fake_nvml_topology, fake_control=self.fake_nvml_control,
+                            health_poll_interval=self.nvml_health_poll_interval,
+                            nvml_call_timeout=self.nvml_call_timeout, poll_flag="--nvml-health-poll-interval")
         if self.fake_nvml and not self.enable_nvml_provider:
             raise ValueError("--fake-nvml needs --enable-nvml-provider")
 

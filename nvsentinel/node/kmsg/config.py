@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Final
 
-from nvsentinel.service.settings import check_logging, setting
+from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, setting
 
 ENV_PREFIX = "KMSG_MONITOR_"
 DEFAULT_SOURCE = "/dev/kmsg"
@@ -46,6 +46,10 @@ class KmsgMonitorSettings:
         DEFAULT_MAX_LINE_BYTES, help=f"bytes: a longer line (or a partial line that grows past it) is dropped, "
         f"counted and logged, and reading resumes at the next newline ({MIN_MAX_LINE_BYTES}..{MAX_MAX_LINE_BYTES})",
         metavar="BYTES",
+    )
+    xid_overrides: str = setting(
+        "", help="XID site override file (JSON, docs/xid.md): every classification the monitor makes (the "
+        "decoder's and the condition it writes) uses it", metavar="PATH", env=XID_OVERRIDES_ENV,
     )
     metrics_port: int = setting(0, help="HTTP port for Prometheus /metrics (nvsentinel_kmsg_*); 0: off")
     http_bind_address: str = setting("127.0.0.1", help="address the metrics port binds (0.0.0.0 in a pod)")

@@ -32,7 +32,8 @@ from nvsentinel.node.kmsg.sources import (
 )
 from nvsentinel.policy import conditions
 from nvsentinel.xid import (
-    KIND_FALLEN_OFF_BUS, KIND_GPU_RESET, KIND_PCI_MAPPING, KIND_XID, Catalog, Decoder, XidEvent, default_catalog,
+    KIND_FALLEN_OFF_BUS, KIND_GPU_RESET, KIND_PCI_MAPPING, KIND_SXID, KIND_XID, Catalog, Decoder, XidEvent,
+    default_catalog,
 )
 
 __all__ = [
@@ -122,6 +123,8 @@ class KmsgMonitor:
             if ev.pci and ev.gpu_uuid:
                 self.cursor.pci_to_uuid[ev.pci] = ev.gpu_uuid
             return "mapping"
+        if ev.kind == KIND_SXID and ev.xid is not None:
+            return self._apply_sxid(ev)
         event = self._to_detection(ev)
         if event is None:
             return "not-a-gpu-event"
@@ -141,6 +144,7 @@ class KmsgMonitor:
                                 {"uuid": uuid, "pci": ev.pci, "error_code": ev.error_code})
                 return "unknown-gpu"
             view = logic.view_from_condition(logic.find_condition(current.status, logic.CONDITION_TYPE), self.catalog)
+            self.metrics.gpu(uuid, view.healthy)
             decision = conditions.decide(view, event, catalog=self.catalog, ignored_xids=self.ignored_xids)
             kv = {"uuid": uuid, "pci": ev.pci, "error_code": ev.error_code, "note": decision.note}
             if not decision.changed:
@@ -162,9 +166,70 @@ class KmsgMonitor:
                 self.client.update_gpu_status(uuid, status, current.resource_version)
             except errors.Conflict:
                 continue
-            st, reason, _ = new_view.condition()
-            kv.update(condition=logic.CONDITION_TYPE, status=st, reason=reason, action=str(new_view.action))
-            logger.warning("gpu condition changed", extra={"kv": kv})
+            self._written(uuid, new_view, kv)
+            return decision.note
+        raise errors.Unavailable(f"{uuid}: gave up after 16 conflicting writes; will retry")
+
+    def _written(self, uuid: str, view: conditions.GpuView, kv: dict[str, Any]) -> None:
+        st, reason, _ = view.condition()
+        self.metrics.condition_writes.labels(st).inc()
+        self.metrics.gpu(uuid, view.healthy)
+        kv.update(condition=logic.CONDITION_TYPE, status=st, reason=reason, action=str(view.action))
+        logger.warning("gpu condition changed", extra={"kv": kv})
+
+    def _apply_sxid(self, ev: XidEvent) -> str:
+        """An NVSwitch fault touches the whole NVLink fabric: write it on every GPU of the node, with
+        one shared transition time (the record's), so the publisher makes one node-level event."""
+        assert ev.xid is not None
+        kv: dict[str, Any] = {"sxid": ev.xid, "switch": ev.switch, "pci": ev.pci, "severity": ev.severity}
+        cls = ev.classification
+        if cls.ignored or not cls.fatal:
+            note = "ignored" if cls.ignored else "benign"
+            logger.info("nvswitch sxid: not fatal, nothing written", extra={"kv": {**kv, "note": note}})
+            return note
+        reason = conditions.Reason.for_sxid(ev.xid)
+        message = logic.sxid_message(ev)
+        _, gpus = self.client.list_gpus()
+        if not gpus:
+            self._warn_once("sxid-no-gpus", "no GPU registered with the Device API; NVSwitch fault not written", kv)
+            return "no-gpus"
+        now = time.time()
+        record = logic.record_time(ev.timestamp, ev.clock, now=now, monotonic_now=time.monotonic(),
+                                   same_boot=self.source.kind in ("kmsg", "syslog"))
+        shared = logic.shared_sxid_time((g.status for g in gpus), reason, record)
+        secs, nanos = int(shared), int(round((shared % 1) * 1e9)) % 1_000_000_000
+        notes = []
+        for uuid in sorted(g.metadata.name for g in gpus):
+            notes.append(self._apply_sxid_to(uuid, ev.xid, cls, message, secs, nanos, dict(kv)))
+        written = sum(1 for n in notes if n in ("fatal", "worse"))
+        logger.warning("nvswitch sxid: fatal", extra={"kv": {**kv, "reason": reason.wire, "action": str(cls.action),
+                                                               "gpus": len(notes), "written": written,
+                                                               "transition_time": secs}})
+        return "fatal" if written else "not-worse"
+
+    def _apply_sxid_to(self, uuid: str, sxid: int, cls: Any, message: str, secs: int, nanos: int,
+                       kv: dict[str, Any]) -> str:
+        kv["uuid"] = uuid
+        for _ in range(16):
+            try:
+                current = self.client.get_gpu(uuid)
+            except errors.NotFound:
+                return "unknown-gpu"  # deleted since the list
+            view = logic.view_from_condition(logic.find_condition(current.status, logic.CONDITION_TYPE), self.catalog)
+            self.metrics.gpu(uuid, view.healthy)
+            decision = logic.decide_sxid(view, sxid, cls, message)
+            if not decision.changed:
+                return decision.note
+            status = logic.with_transition_time(logic.merge_condition(current.status, decision.view, secs, nanos),
+                                                secs, nanos)
+            if status == current.status:
+                return "unchanged"
+            try:
+                self.client.update_gpu_status(uuid, status, current.resource_version)
+            except errors.Conflict:
+                continue
+            kv["note"] = decision.note
+            self._written(uuid, decision.view, kv)
             return decision.note
         raise errors.Unavailable(f"{uuid}: gave up after 16 conflicting writes; will retry")
 
@@ -204,6 +269,7 @@ class KmsgMonitor:
             self.decoder = Decoder(self.catalog, self.cursor.pci_to_uuid)  # its state is unknown now
             return True
         for ev in events:
+            self.metrics.events_decoded.labels(ev.kind).inc()
             try:
                 if not self._handle_with_retry(ev):
                     return False

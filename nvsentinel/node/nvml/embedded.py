@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from nvsentinel.node.nvml.library import NvmlLibraryError, NvmlLoader
+from nvsentinel.node.nvml_settings import DEFAULT_HEALTH_POLL_INTERVAL, DEFAULT_NVML_CALL_TIMEOUT
 
 __all__ = ["EmbeddedNvmlProvider"]
 
@@ -36,12 +37,19 @@ class EmbeddedNvmlProvider:
         ignored_xids: Collection[int] = (),
         node_name: str = "",
         wait_timeout_ms: int = 5000,
+        xid_overrides: str = "",
+        health_poll_interval: float = DEFAULT_HEALTH_POLL_INTERVAL,
+        nvml_call_timeout: float = DEFAULT_NVML_CALL_TIMEOUT,
     ) -> None:
+        """`xid_overrides`: the site's XID override file (the server's `--xid-overrides`), read at start."""
         self.address = address
         self.loader = loader
         self.ignored_xids = tuple(ignored_xids)
         self.node_name = node_name
         self.wait_timeout_ms = wait_timeout_ms
+        self.xid_overrides = xid_overrides
+        self.health_poll_interval = health_poll_interval
+        self.nvml_call_timeout = nvml_call_timeout
         self.provider: Any = None
         self._client: Any = None
         self._thread: threading.Thread | None = None
@@ -53,15 +61,21 @@ class EmbeddedNvmlProvider:
         """
         from nvsentinel.node.client import DeviceApiClient
         from nvsentinel.node.nvml.provider import NvmlInitError, NvmlProvider
+        from nvsentinel.xid import load_catalog
 
+        try:
+            catalog = load_catalog(self.xid_overrides or None)
+        except Exception as exc:  # noqa: BLE001 - override file errors come in many types
+            raise RuntimeError(f"--xid-overrides: {type(exc).__name__}: {exc}") from None
         try:
             library = self.loader.load()
         except NvmlLibraryError as exc:
             raise RuntimeError(f"--enable-nvml-provider: {exc}") from None
         self._client = DeviceApiClient(self.address, timeout=5.0)
         provider = NvmlProvider(self._client, wait_timeout_ms=self.wait_timeout_ms,
-                                ignored_xids=self.ignored_xids, node_name=self.node_name,
-                                resetter=self.loader.resetter())
+                                ignored_xids=self.ignored_xids, catalog=catalog, node_name=self.node_name,
+                                resetter=self.loader.resetter(), health_poll_interval=self.health_poll_interval,
+                                call_timeout=self.nvml_call_timeout)
         try:
             provider.init_nvml()
         except NvmlInitError as exc:

@@ -10,9 +10,11 @@ returns it, the time passed in), so it is unit- and property-tested without a cl
 * `backoff_delay` (from `nvsentinel.service.retry`): the retry schedule.
 
 Rules (docs/publisher.md): a fault is a condition *reason* on one GPU, across condition types; it
-opens when a watched condition is False with that reason and stays open (never re-published in this
-process) until every condition that reported it is True again. When a recovery leaves the GPU with
-no open fault, one healthy event closes them all.
+opens when a watched condition is False (or Unknown: a non-fatal event) with that reason and stays
+open (never re-published in this process) until every condition that reported it is True again.
+When a recovery leaves the GPU with no open fault, one healthy event closes them all. An NVSwitch
+SXid reported on every GPU of the node is one node-level event (componentClass NVSwitch), whose
+name every GPU's copy computes alike.
 """
 from __future__ import annotations
 
@@ -24,23 +26,33 @@ from typing import Final, Generic, Hashable, TypeVar
 from nvsentinel._proto import gpu_pb2
 from nvsentinel.policy.conditions import (
     CHECK_ECC, CHECK_LOST, CHECK_OTHER, CHECK_XID, KMSG_HEALTHY, NVML_HEALTHY, RECOVERY_REASONS, SOURCES,
-    UNSPECIFIED_REASON, FaultKind, Reason, source_of,
+    UNSPECIFIED_REASON, FaultKind, Reason, ReasonKind, source_of,
 )
-from nvsentinel.policy.healthevent import Entity, HealthEvent, HealthEventSpec
-from nvsentinel.policy.naming import COMPONENT_CLASS, MAX_NAME, event_labels, event_name, gpu_short, label_value
+from nvsentinel.policy.healthevent import (
+    ENTITY_GPU, ENTITY_GPU_SERIAL, ENTITY_PCI, Entity, HealthEvent, HealthEventSpec,
+)
+from nvsentinel.policy.naming import (
+    COMPONENT_CLASS, MAX_NAME, NVSWITCH_CLASS, NVSWITCH_PART, event_labels, event_name, gpu_short, label_value,
+    node_event_name,
+)
 from nvsentinel.service.retry import backoff_delay
 from nvsentinel.xid import Action, Catalog
 
 __all__ = [
-    "AGENT", "COMPONENT_CLASS", "SOURCES", "RECOVERY_REASONS", "CHECK_XID", "CHECK_ECC", "CHECK_LOST",
+    "AGENT", "COMPONENT_CLASS", "NVSWITCH_CLASS", "UNKNOWN_REASON", "SOURCES", "RECOVERY_REASONS", "CHECK_XID", "CHECK_ECC", "CHECK_LOST",
     "CHECK_OTHER", "MAX_NAME", "Observed", "FaultKind", "Fault", "GpuView", "Context",
-    "source_of", "gpu_short", "event_name", "label_value", "conditions_of", "fatal_event", "healthy_event",
+    "source_of", "gpu_short", "event_name", "node_event_name", "label_value", "conditions_of", "gpu_entities",
+    "fatal_event", "healthy_event",
     "observe", "Debouncer", "Pending", "PendingQueue", "backoff_delay",
 ]
 
 AGENT: Final = "nvsentinel-publisher"
 HEALTHY_IDENTITY: Final = "healthy"
 MAX_ERROR_CODES: Final = 64  # the CRD's maxItems
+FAILING: Final = ("False", "Unknown")
+"""Condition statuses that open a fault: False (a finding) and Unknown (the provider cannot tell)."""
+UNKNOWN_REASON: Final = "Unknown"
+"""The fault identity of an Unknown condition written without a reason."""
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
@@ -78,6 +90,17 @@ def gpu_uuid(gpu: gpu_pb2.Gpu) -> str:
     return gpu.spec.uuid or gpu.metadata.name
 
 
+def gpu_entities(gpu: gpu_pb2.Gpu) -> tuple[Entity, ...]:
+    """The GPU by UUID, then its PCI slot and board serial where the Device API has them (the slot
+    survives a GPU swap, the serial names the board to replace)."""
+    out = [Entity(ENTITY_GPU, gpu_uuid(gpu))]
+    if gpu.spec.pci_bus_id:
+        out.append(Entity(ENTITY_PCI, gpu.spec.pci_bus_id))
+    if gpu.spec.serial:
+        out.append(Entity(ENTITY_GPU_SERIAL, gpu.spec.serial))
+    return tuple(out)
+
+
 # ---- events ----
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,11 +135,62 @@ class Fault:
     """The HealthEvent published for it."""
     cause: Reason
     """`reason` decoded once, when the fault opened (the condition contract's codec)."""
+    status: str = "False"
+    """The status of the condition that opened it: an Unknown one publishes a non-fatal event."""
+
+    @property
+    def nvswitch(self) -> bool:
+        """An NVSwitch fault: one node-level event, not one per GPU."""
+        return self.cause.kind is ReasonKind.SXID
+
+
+def _open(ctx: Context, gpu: gpu_pb2.Gpu, reason: str, cs: Sequence[Observed], order: Mapping[str, int]) -> Fault:
+    """The fault `cs` (watched conditions failing with `reason`) open: dated by the earliest False
+    one (an Unknown one only when none is False), named by the GPU, or by the node for an NVSwitch."""
+    first = min(cs, key=lambda c: (c.status != "False", c.since, order[c.type]))
+    cause = Reason.from_wire(reason)
+    if cause.kind is ReasonKind.SXID:
+        name = node_event_name(ctx.node_name, NVSWITCH_PART, reason, first.since)
+    else:
+        name = event_name(ctx.node_name, gpu_uuid(gpu), reason, first.since)
+    return Fault(reason, first.since, first.type, frozenset(c.type for c in cs), name, cause, first.status)
+
+
+def nvswitch_event(fault: Fault, cond: Observed, ctx: Context) -> HealthEvent:
+    """One event for the node's NVLink fabric: every GPU reports the same SXid at one shared time,
+    so every GPU's copy computes this very name and the create is idempotent.
+
+    It names no GPU: no one GPU is at fault, and a GPU's recovery must not resolve it. The switch
+    (nvidia-nvswitchN, its PCI id) is in the message, as the kernel-log monitor wrote it.
+    """
+    kind = fault.cause.kind_of(ctx.catalog)
+    fatal = kind.classification.fatal and fault.status == "False"
+    source = source_of(cond.type)
+    spec = HealthEventSpec(
+        source=source,
+        agent=AGENT,
+        node_name=ctx.node_name,
+        component_class=NVSWITCH_CLASS,
+        check_name=kind.check_name,
+        is_fatal=fatal,
+        is_healthy=False,
+        detected_at=fault.opened_at,
+        message=cond.message or f"{cond.type}={cond.status} reason={fault.reason}",
+        recommended_action=kind.classification.action if fatal else Action.NONE,
+        error_codes=kind.error_codes,
+        entities_impacted=(),
+        metadata={"conditionType": cond.type, "reason": fault.reason},
+    )
+    labels = event_labels(ctx.node_name, fatal=fatal, source=source, component_class=NVSWITCH_CLASS)
+    return HealthEvent(name=fault.name, spec=spec, labels=labels)
 
 
 def fatal_event(gpu: gpu_pb2.Gpu, fault: Fault, cond: Observed, ctx: Context) -> HealthEvent:
+    """The event a fault opens (fatal unless the catalog, a site override or an Unknown status says not)."""
+    if fault.nvswitch:
+        return nvswitch_event(fault, cond, ctx)
     kind = fault.cause.kind_of(ctx.catalog)
-    fatal = kind.classification.fatal
+    fatal = kind.classification.fatal and fault.status == "False"
     # the GPU's action is what the providers decided (XID 154 takes it from the line); a site
     # override that makes the reason non-fatal here wins, so isFatal and the action never disagree
     action = (_gpu_action(gpu) or kind.classification.action) if fatal else Action.NONE
@@ -130,10 +204,10 @@ def fatal_event(gpu: gpu_pb2.Gpu, fault: Fault, cond: Observed, ctx: Context) ->
         is_fatal=fatal,
         is_healthy=False,
         detected_at=fault.opened_at,
-        message=cond.message or f"{cond.type}=False reason={fault.reason}",
+        message=cond.message or f"{cond.type}={cond.status} reason={fault.reason}",
         recommended_action=action,
         error_codes=kind.error_codes,
-        entities_impacted=(Entity("GPU", gpu_uuid(gpu)),),
+        entities_impacted=gpu_entities(gpu),
         metadata={"conditionType": cond.type, "reason": fault.reason},
     )
     return HealthEvent(name=fault.name, spec=spec, labels=event_labels(ctx.node_name, fatal=fatal, source=source))
@@ -161,7 +235,7 @@ def healthy_event(gpu: gpu_pb2.Gpu, trigger: Observed, closed: Sequence[Fault], 
         message=trigger.message or f"{trigger.type}=True reason={trigger.reason}",
         recommended_action=Action.NONE,
         error_codes=tuple(codes[:MAX_ERROR_CODES]),
-        entities_impacted=(Entity("GPU", uuid),),
+        entities_impacted=gpu_entities(gpu),
         metadata={"conditionType": trigger.type, "reason": trigger.reason},
     )
     name = event_name(ctx.node_name, uuid, HEALTHY_IDENTITY, trigger.since)
@@ -177,7 +251,8 @@ class GpuView:
     faults: Mapping[str, Fault] = dataclasses.field(default_factory=dict)
     """Open faults by reason."""
     closed: tuple[Fault, ...] = ()
-    """Faults closed since the last healthy event (its errorCodes)."""
+    """GPU faults closed since the last healthy event (its errorCodes); NVSwitch faults are not
+    the GPU's and are never listed."""
 
     @property
     def healthy(self) -> bool:
@@ -185,6 +260,8 @@ class GpuView:
 
 
 def _remember_closed(closed: list[Fault], fault: Fault) -> None:
+    if fault.nvswitch:
+        return  # a GPU's recovery says nothing about the switch: its healthy event does not list it
     closed[:] = [f for f in closed if f.reason != fault.reason] + [fault]
     del closed[:-MAX_ERROR_CODES]
 
@@ -194,12 +271,16 @@ def observe(view: GpuView | None, gpu: gpu_pb2.Gpu, now: _dt.datetime, ctx: Cont
 
     * A watched condition True that reported an open fault no longer reports it; a fault nobody
       reports any more is closed. A condition that vanished (a Device API server restart, before
-      the providers re-send) closes nothing.
+      the providers re-send), or is Unknown, closes nothing.
     * A watched condition False with a reason that is not open opens a fault: one fatal event.
-      The same reason from another condition joins the open fault (one event for both).
-    * A recovery that leaves no fault open publishes one healthy event, named by the latest True
-      transition. On first sight, a GPU with no False condition and a condition True with a
-      recovery reason publishes that healthy event too (idempotent by name).
+      The same reason from another condition joins the open fault (one event for both). An
+      Unknown condition opens a fault the same way, but its event is non-fatal; a False report of
+      a reason only Unknown conditions opened re-opens it as a False one (the fatal event).
+    * An NVSwitch reason (`SXid<n>`) names the node-level event (`nvswitch_event`): every GPU's copy
+      has the same name. It is never listed in a GPU's healthy event.
+    * A recovery that leaves no fault open publishes one healthy event (when it closed a GPU fault),
+      named by the latest True transition. On first sight, a GPU with no failing condition and a
+      condition True with a recovery reason publishes that healthy event too (idempotent by name).
     """
     first = view is None
     faults = dict(view.faults) if view is not None else {}
@@ -210,13 +291,14 @@ def observe(view: GpuView | None, gpu: gpu_pb2.Gpu, now: _dt.datetime, ctx: Cont
 
     failing: dict[str, list[Observed]] = {}
     for c in conds.values():
-        if c.status == "False":
-            failing.setdefault(c.reason or UNSPECIFIED_REASON, []).append(c)
+        if c.status in FAILING:
+            default = UNSPECIFIED_REASON if c.status == "False" else UNKNOWN_REASON
+            failing.setdefault(c.reason or default, []).append(c)
     healthy_types = {c.type for c in conds.values() if c.status == "True"}
     recovered = [c for c in conds.values()
                  if c.status == "True" and any(c.type in f.reporters for f in faults.values())]
     for reason, f in list(faults.items()):
-        # a reporter that is True again lets go; one False with this reason holds on (or takes over)
+        # a reporter that is True again lets go; one failing with this reason holds on (or takes over)
         rest = (f.reporters - healthy_types) | {c.type for c in failing.get(reason, ())}
         if rest:
             if rest != f.reporters:
@@ -225,15 +307,16 @@ def observe(view: GpuView | None, gpu: gpu_pb2.Gpu, now: _dt.datetime, ctx: Cont
             del faults[reason]
             _remember_closed(closed, f)
     for reason, cs in failing.items():
-        if reason in faults:
+        open_ = faults.get(reason)
+        if open_ is not None and not (open_.status != "False" and any(c.status == "False" for c in cs)):
             continue
-        earliest = min(cs, key=lambda c: (c.since, order[c.type]))
-        fault = Fault(reason, earliest.since, earliest.type, frozenset(c.type for c in cs),
-                      event_name(ctx.node_name, gpu_uuid(gpu), reason, earliest.since), Reason.from_wire(reason))
+        fault = _open(ctx, gpu, reason, cs, order)
+        if open_ is not None:  # an Unknown report became a finding: the fatal event, under its own name
+            fault = dataclasses.replace(fault, reporters=fault.reporters | open_.reporters)
         faults[reason] = fault
-        events.append(fatal_event(gpu, fault, earliest, ctx))
+        events.append(fatal_event(gpu, fault, conds[fault.condition_type], ctx))
 
-    if recovered and not faults:
+    if recovered and not faults and closed:
         trigger = max(recovered, key=lambda c: (c.since, order[c.type]))
         events.append(healthy_event(gpu, trigger, closed, ctx))
         closed = []

@@ -19,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -29,8 +29,10 @@ from nvsentinel._proto import gpu_pb2
 from nvsentinel.k8s.errors import AlreadyExists, Forbidden, Invalid, KubeError, KubeNotFound, ServerUnavailable, TooManyRequests
 from nvsentinel.k8s.resources import HEALTHEVENTS
 from nvsentinel.node.publisher.config import DEFAULT_CONDITIONS
-from nvsentinel.node.publisher.logic import Context, Debouncer, GpuView, Pending, PendingQueue, backoff_delay, observe
-from nvsentinel.policy.healthevent import utcnow
+from nvsentinel.node.publisher.logic import (
+    NVSWITCH_CLASS, Context, Debouncer, GpuView, Pending, PendingQueue, backoff_delay, observe,
+)
+from nvsentinel.policy.healthevent import HealthEvent, utcnow
 from nvsentinel.service.http import HttpEndpoint, ThreadedHttp, probe_routes
 from nvsentinel.xid import Catalog, default_catalog
 
@@ -45,6 +47,9 @@ DEFAULT_MAX_PENDING: Final = 4096
 #: all of them); 4 keeps that burst short without hammering the API server.
 DEFAULT_SENDERS: Final = 4
 FAILURE_REASONS: Final = ("unavailable", "throttled", "forbidden", "invalid", "not_found", "other")
+#: Node-level (NVSwitch) event names remembered as queued, so the other GPUs' copies of one switch
+#: fault are not sent again (they would only get 409s); old names are forgotten first.
+NODE_EVENT_MEMORY: Final = 256
 
 
 class PublisherMetrics:
@@ -119,6 +124,7 @@ class Publisher:
         self._queue = PendingQueue(max_pending)
         self._debouncer: Debouncer[str, gpu_pb2.Gpu] = Debouncer(debounce)
         self._views: dict[str, GpuView] = {}
+        self._node_events: OrderedDict[str, None] = OrderedDict()
         self._stopping = False
         self._halt = False
         self._worker_done = False
@@ -280,6 +286,7 @@ class Publisher:
             return
         with self._cv:
             self._views[name] = view
+            events = [e for e in events if self._first_copy(e, name)]
             if not events:
                 return
             self._debouncer.published(name, now)
@@ -296,6 +303,19 @@ class Publisher:
                     logger.error("pending queue over its bound: fatal events are never dropped", extra={"kv": {
                         "pending": len(self._queue), "limit": self._queue.limit}})
             self._cv.notify_all()
+
+    def _first_copy(self, event: HealthEvent, gpu: str) -> bool:
+        """False for a node-level event another GPU of this node already queued (same name)."""
+        if event.spec.component_class != NVSWITCH_CLASS:
+            return True
+        if event.name in self._node_events:
+            logger.debug("node-level health event already queued", extra={"kv": {
+                "healthevent": event.name, "gpu": gpu}})
+            return False
+        self._node_events[event.name] = None
+        while len(self._node_events) > NODE_EVENT_MEMORY:
+            self._node_events.popitem(last=False)
+        return True
 
     # ---- the senders ----
 

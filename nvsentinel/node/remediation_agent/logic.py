@@ -22,7 +22,9 @@ from typing import Final
 
 from nvsentinel._proto import gpu_pb2
 from nvsentinel.policy import conditions
-from nvsentinel.policy.healthevent import ConditionType, Entity, HealthEvent, HealthEventSpec, Phase
+from nvsentinel.policy.healthevent import (
+    ENTITY_GPU, ENTITY_GPU_SERIAL, ENTITY_PCI, ConditionType, Entity, HealthEvent, HealthEventSpec, Phase, pci_slot,
+)
 from nvsentinel.policy.naming import COMPONENT_CLASS, event_labels, event_name
 from nvsentinel.xid import Action
 
@@ -30,7 +32,7 @@ __all__ = [
     "RESET_REQUESTED", "REQUEST_REASON", "GPU_RESET", "NVML_HEALTHY", "GPU_RESET_REQUESTED", "SOURCE", "AGENT",
     "CHECK_NAME", "VERIFIED_IDENTITY", "VERIFIED_REASON", "Plan", "requests_reset", "reset_requests",
     "answered", "request_for", "merge_request", "transition_time", "verified_at", "verification_event",
-    "verifications", "plan",
+    "gpus_of", "verifications", "plan",
 ]
 
 #: The agent's own GPU condition type (the only one it ever writes, docs/conditions.md rule 1).
@@ -168,8 +170,26 @@ def _labels(node: str) -> dict[str, str]:
     return event_labels(node, fatal=False, source=SOURCE)
 
 
-def verification_event(node: str, uuid: str, remediated: HealthEvent, when: _dt.datetime) -> HealthEvent:
-    """The healthy HealthEvent saying GPU `uuid` was verified healthy at `when` after `remediated`."""
+def verification_event(node: str, uuid: str, remediated: HealthEvent, when: _dt.datetime, *, pci_bus_id: str = "",
+                       serial: str = "", replaced: tuple[str, str] | None = None) -> HealthEvent:
+    """The healthy HealthEvent saying GPU `uuid` was verified healthy at `when` after `remediated`.
+
+    It names the GPU's PCI slot and serial when the Device API knows them (the slot is what survives a board
+    swap). `replaced`: (old UUIDs, old serials) of the GPU the event named in that slot, when the board there
+    now has another UUID; the message says so.
+    """
+    entities = [Entity(ENTITY_GPU, uuid)]
+    if pci_bus_id:
+        entities.append(Entity(ENTITY_PCI, pci_bus_id))
+    if serial:
+        entities.append(Entity(ENTITY_GPU_SERIAL, serial))
+    message = f"GPU {uuid} verified healthy after remediation of HealthEvent {remediated.name}"
+    metadata = {"remediatedEvent": remediated.name, "reason": VERIFIED_REASON}
+    if replaced is not None:
+        old_uuid, old_serial = replaced
+        message += (f"; the GPU at PCI {pci_slot(pci_bus_id) or pci_bus_id} was replaced: UUID {old_uuid or '?'} → "
+                    f"{uuid}, serial {old_serial or '?'} → {serial or '?'}")
+        metadata["replacedUuid"] = old_uuid
     spec = HealthEventSpec(
         source=SOURCE,
         agent=AGENT,
@@ -179,37 +199,66 @@ def verification_event(node: str, uuid: str, remediated: HealthEvent, when: _dt.
         is_fatal=False,
         is_healthy=True,
         detected_at=when,
-        message=f"GPU {uuid} verified healthy after remediation of HealthEvent {remediated.name}",
+        message=message,
         recommended_action=Action.NONE,
         error_codes=tuple(remediated.spec.error_codes),
-        entities_impacted=(Entity("GPU", uuid),),
-        metadata={"remediatedEvent": remediated.name, "reason": VERIFIED_REASON},
+        entities_impacted=tuple(entities),
+        metadata=metadata,
     )
     return HealthEvent(name=event_name(node, uuid, VERIFIED_IDENTITY, when), spec=spec, labels=_labels(node))
+
+
+def _serials(event: HealthEvent) -> tuple[str, ...]:
+    return tuple(e.value for e in event.spec.entities_impacted if e.type == ENTITY_GPU_SERIAL)
+
+
+def gpus_of(event: HealthEvent, gpus: Sequence[gpu_pb2.Gpu]) -> list[tuple[gpu_pb2.Gpu, tuple[str, str] | None]]:
+    """The Device API's GPUs the event is about, each with (old UUIDs, old serials) when it was found only by
+    its PCI slot (the board there was replaced: a new UUID), else None.
+
+    By UUID first, else by the event's PCI slot (canonical `pci_slot`), on this node's Device API only; never a
+    GPU in another slot. An event naming neither is about every GPU of the node.
+    """
+    if not event.gpu_uuids and not event.pci_slots:
+        return [(g, None) for g in sorted(gpus, key=lambda g: g.metadata.name)]
+    by_uuid = {g.metadata.name: g for g in gpus}
+    out: dict[str, tuple[gpu_pb2.Gpu, tuple[str, str] | None]] = {}
+    for uuid in event.gpu_uuids:
+        if uuid in by_uuid:
+            out.setdefault(uuid, (by_uuid[uuid], None))
+    found_slots = {pci_slot(g.spec.pci_bus_id) for g, _ in out.values()}
+    missing = [u for u in event.gpu_uuids if u not in by_uuid]
+    for slot in event.pci_slots:
+        if slot in found_slots:
+            continue
+        for g in sorted(gpus, key=lambda g: g.metadata.name):
+            if pci_slot(g.spec.pci_bus_id) == slot and g.metadata.name not in out:
+                out[g.metadata.name] = (g, (", ".join(missing), ", ".join(_serials(event))))
+    return list(out.values())
 
 
 def verifications(events: Iterable[HealthEvent], gpus: Iterable[gpu_pb2.Gpu], node: str) -> list[HealthEvent]:
     """One healthy event per GPU verified after the remediation of a `Remediated` event of this node.
 
-    A GPU of the event (all GPUs of the node when it names none) that the Device API has, verified
-    healthy since the event's lastRemediationTime (`verified_at`). The name depends on the GPU and
-    the verification time only, so two events remediated together give one event per GPU (the
-    first by name wins its metadata), and a name already among `events` is not proposed again.
+    A GPU of the event (`gpus_of`: by UUID, else by the event's PCI slot; all GPUs of the node when it names
+    none) that the Device API has, verified healthy since the event's lastRemediationTime (`verified_at`). The
+    name depends on the GPU and the verification time only, so two events remediated together give one event
+    per GPU (the first by name wins its metadata), and a name already among `events` is not proposed again.
     """
     evs = sorted((e for e in events if _mine(e, node)), key=lambda e: e.name)
     existing = {e.name for e in evs}
-    by_name = {g.metadata.name: g for g in gpus}
+    gpu_list = list(gpus)
     out: dict[str, HealthEvent] = {}
     for e in evs:
         since = e.status.last_remediation_time
         if e.status.phase != Phase.REMEDIATED or since is None:
             continue
-        for uuid in dict.fromkeys(e.gpu_uuids or sorted(by_name)):
-            gpu = by_name.get(uuid)
-            when = verified_at(gpu, since) if gpu is not None else None
+        for gpu, replaced in gpus_of(e, gpu_list):
+            when = verified_at(gpu, since)
             if when is None:
                 continue
-            h = verification_event(node, uuid, e, when)
+            h = verification_event(node, gpu.metadata.name, e, when, pci_bus_id=gpu.spec.pci_bus_id,
+                                   serial=gpu.spec.serial, replaced=replaced)
             if h.name not in existing and h.name not in out:
                 out[h.name] = h
     return list(out.values())
