@@ -230,7 +230,10 @@ def test_every_setting_is_documented():
     import dataclasses
     import pathlib
 
+    from nvsentinel.node.api.config import ENV_PREFIX
+    from nvsentinel.service.settings import env_name
+
     doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "device-api.md").read_text()
     for field in dataclasses.fields(DeviceApiSettings):
         flag = "--" + field.name.replace("_", "-")
-        assert f"| `{flag}` | `DEVICE_API_{field.name.upper()}` |" in doc, flag
+        assert f"| `{flag}` | `{env_name(ENV_PREFIX, field)}` |" in doc, flag

@@ -281,3 +281,20 @@ def test_max_event_age_setting() -> None:
     RemediationConfig(max_event_age=0).validate()
     with pytest.raises(ValueError, match="--max-event-age"):
         RemediationConfig(max_event_age=-1).validate()
+
+
+def test_a_fault_that_cleared_before_anything_ran_is_not_remediated() -> None:
+    """A healthy event of the same GPU, observed no earlier than the fault: nothing runs (the invariant run's
+    rule 4); an older one, another GPU's, or one naming no GPU does not count."""
+    fault = event("f", detected=T0 + dt.timedelta(minutes=1))
+    same = event("h-same", healthy=True, action=Action.NONE, detected=T0 + dt.timedelta(minutes=2))
+    older = event("h-old", healthy=True, action=Action.NONE, detected=T0)
+    other = event("h-g2", healthy=True, action=Action.NONE, gpus=(G2,), detected=T0 + dt.timedelta(minutes=3))
+    vague = event("h-node", healthy=True, action=Action.NONE, gpus=(), detected=T0 + dt.timedelta(minutes=3))
+    other_node = event("h-n2", healthy=True, action=Action.NONE, node="n2", detected=T0 + dt.timedelta(minutes=3))
+    assert logic.cleared_by(fault, [older, other, vague, other_node]) is None
+    assert logic.cleared_by(fault, [older, other, same]) is same
+    out = logic.cleared_outcome(fault, same, CFG)
+    status = logic.apply_outcome(fault, out, NOW)
+    assert (status.phase, out.status, out.reason, out.action) == (Phase.DRAINED, "False", "FaultCleared", "fault-cleared")
+    assert "h-same" in out.message and out.create_job is None and out.reason in logic.WAITING_REASONS

@@ -128,7 +128,7 @@ def env(control_plane, crd_installed, unique) -> Iterator[Env]:
 
 @contextlib.asynccontextmanager
 async def chain(env: Env, *, ttl: bool = False, node_gone_grace: float = 300.0, event_selector: str = "",
-                **remediation: Any) -> AsyncIterator[CollectorRegistry]:
+                resolution: bool = True, **remediation: Any) -> AsyncIterator[CollectorRegistry]:
     """The chain, as `nvsentinel controllers` wires it, on this test's Nodes and HealthEvents (`event_selector`:
     another selector, e.g. the node label, which the agent's own events carry too)."""
     sel = env.selector
@@ -139,9 +139,10 @@ async def chain(env: Env, *, ttl: bool = False, node_gone_grace: float = 300.0, 
                                                breaker_max_nodes=10000, hold_requeue=1.0, node_missing_requeue=1.0)),
         DrainController(DrainConfig(node_selector=sel, event_selector=ev_sel)),
         RemediationController(RemediationConfig(namespace=env.ns, node_selector=sel, event_selector=ev_sel, **opts)),
-        ResolutionController(ResolutionConfig(node_selector=sel, event_selector=ev_sel,
-                                              node_gone_grace=node_gone_grace)),
     ]
+    if resolution:
+        recs.append(ResolutionController(ResolutionConfig(node_selector=sel, event_selector=ev_sel,
+                                                          node_gone_grace=node_gone_grace)))
     if ttl:
         recs.append(TTLController(TTLConfig(policy_configmap=f"policy-{env.unique}", event_selector=ev_sel)))
     async with running_manager(env.kube, recs, env.ns) as (_, registry):
@@ -368,3 +369,25 @@ async def test_replay_node_gone(env: Env) -> None:
             await eventually(lambda n=name: not env.kube.list(HEALTHEVENTS, field_selector=f"metadata.name={n}")[0],
                              what=f"{name} deleted by TTL")
         assert phase(env.get(hidden_fault)) == "New", "TTL never deletes an open event"
+
+
+# ---- 5. the GPU recovered before its remediation began -----------------------------------------------------
+
+async def test_replay_gpu_recovered_before_remediation_runs_nothing(env: Env) -> None:
+    """NVML's recovery action went back to NONE (a healthy event for the GPU) while the fault was still on its
+    way through the chain: nothing is rebooted. Without resolution running, the remediation stage itself must
+    see it (FaultCleared); with it, the event resolves and the node is released, still with no Job."""
+    node = env.node(f"rp-clr-{env.unique}")
+    t = utcnow()
+    fault = env.event(f"{node}.fault", node, detected_at=t - dt.timedelta(seconds=5))
+    healthy = env.event(f"{node}.healthy", node, healthy=True, detected_at=t)
+    async with chain(env, resolution=False) as registry:
+        obj = await until(env, fault, lambda o: remediated(o).get("reason") == "FaultCleared", "FaultCleared")
+        assert obj["status"]["phase"] == "Drained" and healthy in remediated(obj)["message"]
+        assert action_count(registry, "remediation", "fault-cleared") >= 1
+        assert cordoned(env.get_node(node)), "quarantined as any fault; only the remediation is not run"
+    assert env.jobs() == {}
+    async with chain(env):
+        await until(env, fault, lambda o: o["status"].get("phase") == "Resolved", "Resolved")
+        await released(env, node)
+    assert env.jobs() == {}, "no reboot for a GPU that had recovered"

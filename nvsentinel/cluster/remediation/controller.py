@@ -31,7 +31,7 @@ __all__ = ["RemediationController", "ACTIONS"]
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
 ACTIONS = ("reboot", "reboot-succeeded", "reboot-failed", "terminate", "gpu-reset-requested",
            "gpu-reset-verified", "manual", "none", "escalate", "remediation-failed", "remediated-with",
-           "stale-evidence", "dry-run")
+           "stale-evidence", "fault-cleared", "dry-run")
 _LIVE = frozenset({Phase.DRAINED, Phase.REMEDIATING})
 
 
@@ -164,10 +164,13 @@ class RemediationController:
 
     def _one_remediation(self, event: HealthEvent, strategy: logic.Strategy,
                          now: _dt.datetime) -> logic.RemediationOutcome | None:
-        """One fault, one remediation: wait for a contending one, count one that already fixed this fault, and
-        never act on stale evidence alone (--max-event-age). None: go ahead."""
+        """One fault, one remediation: nothing for a fault that already cleared, wait for a contending one, count
+        one that already fixed this fault, and never act on stale evidence alone (--max-event-age). None: go ahead."""
         cfg = self.config
         others = self._node_events(event.spec.node_name)
+        cleared = logic.cleared_by(event, others)
+        if cleared is not None:
+            return logic.cleared_outcome(event, cleared, cfg)
         running = logic.remediation_in_progress(event, strategy, others, now=now, cfg=cfg)
         if running is not None:
             return logic.in_progress_outcome(event, running, cfg)

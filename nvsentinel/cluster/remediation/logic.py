@@ -35,7 +35,8 @@ __all__ = [
     "Triage", "triage", "prior_remediations", "JOB_LABELS", "job_name", "job_body", "JobState", "job_state",
     "CONDITION", "RemediationOutcome", "apply_outcome", "same_decision", "reboot_progress", "gpu_reset_verified_by",
     "STALE_ANNOTATION", "WAITING_REASONS", "overlaps", "remediation_in_progress", "in_progress_outcome",
-    "covered_by", "covered_outcome", "fresh_evidence", "stale_outcome", "stale_approved",
+    "covered_by", "covered_outcome", "fresh_evidence", "stale_outcome", "stale_approved", "cleared_by",
+    "cleared_outcome",
 ]
 
 ACTOR = "nvsentinel-remediation"
@@ -78,7 +79,7 @@ HELD_REASONS = frozenset({"ManualRemediationRequired", "EscalatedToSupport", "Re
 #: `Remediated False` reasons of an event that waits in Drained for something the cluster will show (another
 #: event's remediation to end, fresh evidence, an operator's annotation): judged again whenever the node's
 #: events change.
-WAITING_REASONS = frozenset({"RemediationInProgress", "StaleEvidence"})
+WAITING_REASONS = frozenset({"RemediationInProgress", "StaleEvidence", "FaultCleared"})
 #: `Remediated True`: another event's remediation fixed this fault too (nothing was run for this one).
 REMEDIATED_WITH = "RemediatedWithEvent"
 #: An operator's decision that a stale event (StaleEvidence) is remediated as it is (value `true`).
@@ -239,6 +240,23 @@ def covered_outcome(event: HealthEvent, by: HealthEvent) -> RemediationOutcome:
                    f"covered by the {how.value if how else '?'} done for HealthEvent {by.name} on node "
                    f"{event.spec.node_name}, which succeeded after this fault was observed; nothing run twice; "
                    f"{ACTOR}", action="remediated-with", remediated_at=by.status.last_remediation_time)
+
+
+def cleared_by(event: HealthEvent, others: Iterable[HealthEvent], *,
+               skew: _dt.timedelta = DEFAULT_SKEW) -> HealthEvent | None:
+    """A healthy event of the same GPU (UUID or PCI slot) observed no earlier than this fault, else None: the
+    GPU recovered before anything ran (NVML's recovery action back to NONE, a recovery the node saw), so
+    nothing is run and resolution closes the event by the same rule. The earliest such."""
+    seen = observed_at(event, skew)
+    found = [o for o in others if o.spec.is_healthy and same_gpu(event, o) and observed_at(o, skew) >= seen]
+    return min(found, key=lambda o: (observed_at(o, skew), o.name)) if found else None
+
+
+def cleared_outcome(event: HealthEvent, by: HealthEvent, cfg: RemediationConfig) -> RemediationOutcome:
+    return _result(Phase.DRAINED, "False", "FaultCleared",
+                   f"healthy HealthEvent {by.name} cleared this fault before any remediation began: nothing is "
+                   f"run on node {event.spec.node_name}; resolution closes the event; {ACTOR}",
+                   action="fault-cleared", requeue_after=cfg.remediation_poll)
 
 
 def stale_approved(event: HealthEvent) -> bool:
