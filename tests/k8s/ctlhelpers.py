@@ -11,7 +11,9 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.quarantine.logic import ANNOTATION
-from nvsentinel.k8s import AsyncKube, Kube
+from nvsentinel.devtools.devcluster.kubelet import delete_nodes
+from nvsentinel.k8s import AsyncKube, Kube, KubeNotFound
+from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES
 from nvsentinel.k8s.runtime.manager import Manager
 
 
@@ -60,3 +62,22 @@ def ownership(node: dict) -> dict | None:
 
 def action_count(registry: CollectorRegistry, controller: str, name: str) -> float:
     return registry.get_sample_value(f"nvsentinel_{controller}_controller_actions_total", {"action": name}) or 0.0
+
+
+def clean_up(kube: Kube, *, events: Sequence[str] = (), nodes: Sequence[str] = (), namespace: str | None = None,
+             threads: int = 8) -> None:
+    """What a test created on the shared API server, deleted (what is already gone is fine): its HealthEvents
+    (in parallel: a test may leave hundreds), its Nodes, its namespace."""
+    import concurrent.futures
+
+    def drop(name: str) -> None:
+        with contextlib.suppress(KubeNotFound):
+            kube.delete(HEALTHEVENTS, name)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(drop, events))
+    if nodes:
+        delete_nodes(kube, nodes)
+    if namespace is not None:
+        with contextlib.suppress(KubeNotFound):
+            kube.delete(NAMESPACES, namespace)

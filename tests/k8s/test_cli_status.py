@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
-from kubelet import delete_nodes, make_node
+from ctlhelpers import clean_up
+from kubelet import make_node
 from rbac import CLUSTERROLEBINDINGS, CLUSTERROLES, service_account_kubeconfig
 
 from nvsentinel.cluster.quarantine.config import BREAKER_CONFIGMAP
 from nvsentinel.cluster.quarantine.logic import ANNOTATION
-from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
+from nvsentinel.k8s import AlreadyExists, Kube
 from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS, NAMESPACES, NODES
 from nvsentinel.policy.healthevent import LABEL_NODE, format_time, utcnow
 
@@ -119,12 +120,7 @@ class World:
                    "--event-selector", self.selector, "--kubeconfig", self.kubeconfig)
 
     def close(self) -> None:
-        for name in self.events:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        delete_nodes(self.kube, self.nodes)
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=self.nodes, namespace=self.ns)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, eventually, phase, running_manager
-from kubelet import delete_nodes, finish_deletions, make_node, run_pod
+from ctlhelpers import action_count, clean_up, eventually, phase, running_manager
+from kubelet import finish_deletions, make_node, run_pod
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.drain.config import DrainConfig
@@ -94,16 +94,11 @@ class Env:
     def close(self) -> None:
         self._stop.set()
         self._kubelet.join(5)
-        for name in self.events:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
         items, _ = self.kube.list(PODS, self.ns)
         for p in items:
             with contextlib.suppress(KubeNotFound):
                 self.kube.delete(PODS, p["metadata"]["name"], self.ns, grace_period_seconds=0)
-        delete_nodes(self.kube, [self.node])
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=[self.node], namespace=self.ns)
         self.kube.close()
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, condition, eventually, ownership, phase, running_manager
-from kubelet import delete_nodes, make_node, make_nodes
+from ctlhelpers import action_count, clean_up, condition, eventually, ownership, phase, running_manager
+from kubelet import make_node, make_nodes
 from prometheus_client import CollectorRegistry
 
 from nvsentinel import cli
@@ -90,14 +90,7 @@ class Env:
         return self.kube.get(NODES, name)
 
     def close(self) -> None:
-        def drop(name: str) -> None:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(drop, self.events))
-        delete_nodes(self.kube, self.nodes)
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=self.nodes, namespace=self.ns, threads=16)
         self.kube.close()
 
 

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, condition, eventually, phase, running_manager
-from kubelet import delete_nodes, finish_job, make_node
+from ctlhelpers import action_count, clean_up, condition, eventually, phase, running_manager
+from kubelet import finish_job, make_node
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.remediation import RemediationConfig, RemediationController
@@ -77,12 +77,7 @@ class Env:
         return {e["reason"] for e in items}
 
     def close(self) -> None:
-        for name in self.events:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        delete_nodes(self.kube, [self.node])
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=[self.node], namespace=self.ns)
         self.kube.close()
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, condition, eventually, ownership, phase, running_manager
-from kubelet import delete_nodes, finish_job, make_node
+from ctlhelpers import action_count, clean_up, condition, eventually, ownership, phase, running_manager
+from kubelet import finish_job, make_node
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
@@ -33,7 +33,7 @@ from nvsentinel.cluster.resolution.config import ResolutionConfig  # noqa: E402
 from nvsentinel.cluster.resolution.controller import ResolutionController  # noqa: E402
 from nvsentinel.cluster.ttl.config import TTLConfig  # noqa: E402
 from nvsentinel.cluster.ttl.controller import TTLController  # noqa: E402
-from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound  # noqa: E402
+from nvsentinel.k8s import AlreadyExists, Kube  # noqa: E402
 from nvsentinel.k8s.resources import CONFIGMAPS, EVENTS, HEALTHEVENTS, JOBS, NAMESPACES, NODES  # noqa: E402
 from nvsentinel.node.client import DeviceApiClient  # noqa: E402
 from nvsentinel.node.remediation_agent.agent import RemediationAgent  # noqa: E402
@@ -108,12 +108,7 @@ class Env:
         for node in self.nodes:  # the remediation agent's events too
             items, _ = self.kube.list(HEALTHEVENTS, label_selector=f"{LABEL_NODE}={label_value(node)}")
             self.events += [i["metadata"]["name"] for i in items]
-        for name in self.events:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        delete_nodes(self.kube, self.nodes)
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=self.nodes, namespace=self.ns)
         self.kube.close()
 
 

@@ -12,15 +12,15 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, condition, eventually, ownership, phase, running_manager
-from kubelet import delete_nodes, make_node
+from ctlhelpers import action_count, clean_up, condition, eventually, ownership, phase, running_manager
+from kubelet import make_node
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.quarantine.controller import QuarantineController
 from nvsentinel.cluster.resolution.config import ResolutionConfig
 from nvsentinel.cluster.resolution.controller import ResolutionController
-from nvsentinel.k8s import AlreadyExists, Kube, KubeNotFound
+from nvsentinel.k8s import AlreadyExists, Kube
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, NODES
 from nvsentinel.policy.healthevent import Entity, HealthEvent, HealthEventSpec, utcnow
 
@@ -63,12 +63,7 @@ class Env:
         return self.kube.get(NODES, name)
 
     def close(self) -> None:
-        for name in self.events:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        delete_nodes(self.kube, self.nodes)
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, nodes=self.nodes, namespace=self.ns)
         self.kube.close()
 
 

@@ -6,14 +6,13 @@ policy ConfigMap lives in a per-test namespace.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, eventually, running_manager
+from ctlhelpers import action_count, clean_up, eventually, running_manager
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.ttl.config import TTLConfig
@@ -79,13 +78,7 @@ class Env:
         return items
 
     def close(self) -> None:
-        def drop(name: str) -> None:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(HEALTHEVENTS, name)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(drop, self.events))
-        with contextlib.suppress(KubeNotFound):
-            self.kube.delete(NAMESPACES, self.ns)
+        clean_up(self.kube, events=self.events, namespace=self.ns)
         self.kube.close()
 
 
