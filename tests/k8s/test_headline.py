@@ -64,7 +64,8 @@ class GpuNode:
         # a fresh control file is a fresh boot: the fake replays a control file from its start
         self.control = os.path.join(self.sock_dir, f"fake-nvml-boot{self.boot}.ctl")
         self.server = SubprocessServer.start(self.sock_dir, "--enable-nvml-provider", "--fake-nvml",
-                                             "--fake-nvml-control", self.control, "--node-name", self.node)
+                                             "--fake-nvml-control", self.control, "--node-name", self.node,
+                                             "--nvml-health-poll-interval", "1", "--nvml-call-timeout", "3")
         common = ["--kubeconfig", self.cp.kubeconfig, "--node-name", self.node, "--health-port", "0",
                   "--metrics-port", "0"]
         self.publisher = Daemon("publisher", ["--address", self.server.unix, *common],
@@ -389,6 +390,47 @@ def test_xid48_gpu_reset_handshake_end_to_end(world: World) -> None:
         wait_until(lambda: "ResetRequested" not in {x.type for x in c.get_gpu(UUIDS[2]).status.conditions},
                    what="the agent withdrew its answered request")
     w.timeline.print("XID 48 on GPU 2 → gpu-reset → Resolved (ms since the injection):")
+
+
+def test_recovery_action_gpu_reset_end_to_end(world: World) -> None:
+    """NVML's recovery action (field 230) says GPU_RESET on GPU 1, with no XID at all: the level alone is a
+    fatal HealthEvent (COMPONENT_RESET) → the gpu-reset handshake (the fake's reset sets it back to NONE) →
+    verified healthy → Resolved → uncordoned."""
+    w = world
+    w.start_controllers()
+    w.gpu.fault.recovery_action(1, "GPU_RESET")
+    ev = wait_until(w.fatal, what="the HealthEvent", daemons=w.daemons())
+    name = ev["metadata"]["name"]
+    spec = ev["spec"]
+    assert (spec["checkName"], spec["errorCodes"], spec["recommendedAction"], spec["source"]) == (
+        "gpu-recovery-action-check", ["RECOVERY_ACTION.GPU_RESET"], "COMPONENT_RESET", "nvml-provider")
+    assert spec["entitiesImpacted"][0] == {"type": "GPU", "value": UUIDS[1]}
+    res = w.wait_phase(name, "Resolved")
+    assert cond(res, "Remediated")["reason"] == "GpuResetVerified"
+    wait_until(w.released, what="uncordoned", daemons=w.daemons())
+    assert w.jobs() == {}, "a GPU reset reboots nothing"
+    with DeviceApiClient(w.gpu.server.unix) as c:
+        nvml = {x.type: x for x in c.get_gpu(UUIDS[1]).status.conditions}["NvmlHealthy"]
+        assert (nvml.status, nvml.reason) == ("True", "GpuReset")
+
+
+def test_a_hung_gpu_is_seen_in_the_cluster_and_cordons_nothing(world: World) -> None:
+    """NVML calls on GPU 5 hang: the provider reports it Unknown (NvmlUnresponsive) within its call deadline,
+    the publisher makes it a non-fatal HealthEvent the cluster sees, nothing is cordoned, and when the hang
+    ends the GPU is healthy again (a healthy event closes it)."""
+    w = world
+    w.start_controllers()
+    w.gpu.fault.hang(5, 600)
+    ev = wait_until(lambda: next((e for e in w.events() if e["spec"]["checkName"] == "nvml-responsive-check"), None),
+                    what="the unresponsive HealthEvent", daemons=w.daemons())
+    spec = ev["spec"]
+    assert (spec["isFatal"], spec["errorCodes"], spec["recommendedAction"]) == (False, ["NVML_UNRESPONSIVE"], "NONE")
+    assert spec["entitiesImpacted"][0] == {"type": "GPU", "value": UUIDS[5]}
+    w.wait_phase(ev["metadata"]["name"], "Resolved")  # non-fatal: recorded, nothing done
+    assert not w.node_obj()["spec"].get("unschedulable"), "a hang is reported, not acted on"
+    w.gpu.fault.hang(5, 0)
+    wait_until(lambda: any(e["spec"]["isHealthy"] for e in w.events()), what="healthy again", daemons=w.daemons())
+    assert w.fatal() is None and w.jobs() == {}
 
 
 def test_contact_support_stays_drained_and_the_node_cordoned(world: World) -> None:

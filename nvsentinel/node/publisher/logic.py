@@ -156,50 +156,30 @@ def _open(ctx: Context, gpu: gpu_pb2.Gpu, reason: str, cs: Sequence[Observed], o
     return Fault(reason, first.since, first.type, frozenset(c.type for c in cs), name, cause, first.status)
 
 
-def nvswitch_event(fault: Fault, cond: Observed, ctx: Context) -> HealthEvent:
-    """One event for the node's NVLink fabric: every GPU reports the same SXid at one shared time,
-    so every GPU's copy computes this very name and the create is idempotent.
+def fatal_event(gpu: gpu_pb2.Gpu, fault: Fault, cond: Observed, ctx: Context) -> HealthEvent:
+    """The event a fault opens (fatal unless the catalog, a site override or an Unknown status says not).
 
+    An NVSwitch fault (`fault.nvswitch`) is one event for the node's NVLink fabric: every GPU reports the
+    same SXid at one shared time, so every GPU's copy computes the same name and the create is idempotent.
     It names no GPU: no one GPU is at fault, and a GPU's recovery must not resolve it. The switch
     (nvidia-nvswitchN, its PCI id) is in the message, as the kernel-log monitor wrote it.
     """
     kind = fault.cause.kind_of(ctx.catalog)
     fatal = kind.classification.fatal and fault.status == "False"
-    source = source_of(cond.type)
-    spec = HealthEventSpec(
-        source=source,
-        agent=AGENT,
-        node_name=ctx.node_name,
-        component_class=NVSWITCH_CLASS,
-        check_name=kind.check_name,
-        is_fatal=fatal,
-        is_healthy=False,
-        detected_at=fault.opened_at,
-        message=cond.message or f"{cond.type}={cond.status} reason={fault.reason}",
-        recommended_action=kind.classification.action if fatal else Action.NONE,
-        error_codes=kind.error_codes,
-        entities_impacted=(),
-        metadata={"conditionType": cond.type, "reason": fault.reason},
-    )
-    labels = event_labels(ctx.node_name, fatal=fatal, source=source, component_class=NVSWITCH_CLASS)
-    return HealthEvent(name=fault.name, spec=spec, labels=labels)
-
-
-def fatal_event(gpu: gpu_pb2.Gpu, fault: Fault, cond: Observed, ctx: Context) -> HealthEvent:
-    """The event a fault opens (fatal unless the catalog, a site override or an Unknown status says not)."""
     if fault.nvswitch:
-        return nvswitch_event(fault, cond, ctx)
-    kind = fault.cause.kind_of(ctx.catalog)
-    fatal = kind.classification.fatal and fault.status == "False"
-    # the GPU's action is what the providers decided (XID 154 takes it from the line); a site
-    # override that makes the reason non-fatal here wins, so isFatal and the action never disagree
-    action = (_gpu_action(gpu) or kind.classification.action) if fatal else Action.NONE
+        component, entities = NVSWITCH_CLASS, ()
+        action = kind.classification.action if fatal else Action.NONE
+    else:
+        component, entities = COMPONENT_CLASS, gpu_entities(gpu)
+        # the GPU's action is what the providers decided (XID 154 takes it from the line); a site
+        # override that makes the reason non-fatal here wins, so isFatal and the action never disagree
+        action = (_gpu_action(gpu) or kind.classification.action) if fatal else Action.NONE
     source = source_of(cond.type)
     spec = HealthEventSpec(
         source=source,
         agent=AGENT,
         node_name=ctx.node_name,
-        component_class=COMPONENT_CLASS,
+        component_class=component,
         check_name=kind.check_name,
         is_fatal=fatal,
         is_healthy=False,
@@ -207,10 +187,11 @@ def fatal_event(gpu: gpu_pb2.Gpu, fault: Fault, cond: Observed, ctx: Context) ->
         message=cond.message or f"{cond.type}={cond.status} reason={fault.reason}",
         recommended_action=action,
         error_codes=kind.error_codes,
-        entities_impacted=gpu_entities(gpu),
+        entities_impacted=entities,
         metadata={"conditionType": cond.type, "reason": fault.reason},
     )
-    return HealthEvent(name=fault.name, spec=spec, labels=event_labels(ctx.node_name, fatal=fatal, source=source))
+    labels = event_labels(ctx.node_name, fatal=fatal, source=source, component_class=component)
+    return HealthEvent(name=fault.name, spec=spec, labels=labels)
 
 
 def healthy_event(gpu: gpu_pb2.Gpu, trigger: Observed, closed: Sequence[Fault], ctx: Context) -> HealthEvent:
@@ -276,7 +257,7 @@ def observe(view: GpuView | None, gpu: gpu_pb2.Gpu, now: _dt.datetime, ctx: Cont
       The same reason from another condition joins the open fault (one event for both). An
       Unknown condition opens a fault the same way, but its event is non-fatal; a False report of
       a reason only Unknown conditions opened re-opens it as a False one (the fatal event).
-    * An NVSwitch reason (`SXid<n>`) names the node-level event (`nvswitch_event`): every GPU's copy
+    * An NVSwitch reason (`SXid<n>`) names the node-level event (`fatal_event`): every GPU's copy
       has the same name. It is never listed in a GPU's healthy event.
     * A recovery that leaves no fault open publishes one healthy event (when it closed a GPU fault),
       named by the latest True transition. On first sight, a GPU with no failing condition and a
