@@ -338,37 +338,35 @@ class Publisher:
             item = self._next()
             if item is None:
                 return
-            retry_in = self._send(item)
-            with self._cv:
+            retry_in, ok = self._send(item)
+            with self._cv:  # one step: /readyz and the pending gauge never disagree about this create
                 self._busy -= 1
+                self._last_ok = ok
                 if retry_in is None:
                     self._queue.finish(item)
                 else:
                     self._queue.retry(item, self._clock() + retry_in)
                 self._cv.notify_all()
 
-    def _send(self, item: Pending) -> float | None:
-        """Create one event; None when done with it, else seconds until the next try."""
+    def _send(self, item: Pending) -> tuple[float | None, bool]:
+        """Create one event: (None when done with it, else seconds until the next try; whether it went well)."""
         event = item.event
         kv = {"healthevent": event.name, "gpu": item.gpu, "attempt": item.attempts + 1}
         try:
             self.kube.create(HEALTHEVENTS, event.create_body())
         except AlreadyExists:
             self.metrics.dedup.inc()
-            self._set_ok(True)
             logger.info("health event already published", extra={"kv": kv})
-            return None
+            return None, True
         except Invalid as exc:
             self.metrics.failures.labels("invalid").inc()
             self.metrics.dropped.labels(_kind(item)).inc()
-            self._set_ok(False)
             logger.error("health event rejected as invalid: dropped (a bug, not a transient)", extra={"kv": {
                 **kv, "error": str(exc), "body": json.dumps(event.create_body(), sort_keys=True)}})
-            return None
+            return None, False
         except Exception as exc:  # noqa: BLE001 - anything else may pass: retry, never lose it
             reason = _failure_reason(exc) if isinstance(exc, KubeError) else "other"
             self.metrics.failures.labels(reason).inc()
-            self._set_ok(False)
             # jitter: the nodes that failed together (an API server outage) do not retry together
             delay = backoff_delay(item.attempts + 1, *self.backoff) * (0.8 + 0.4 * random.random())
             retry_after = getattr(exc, "retry_after", None)
@@ -377,18 +375,13 @@ class Publisher:
             log = logger.warning if isinstance(exc, KubeError) else logger.exception
             log("health event create failed: retrying", extra={"kv": {
                 **kv, "reason": reason, "error": str(exc), "retry_in_s": round(delay, 3)}})
-            return delay
+            return delay, False
         self.metrics.published.labels(_kind(item)).inc()
-        self._set_ok(True)
         logger.info("health event published", extra={"kv": {
             **kv, "fatal": event.spec.is_fatal, "healthy": event.spec.is_healthy,
             "error_codes": ",".join(event.spec.error_codes),
             "action": str(event.spec.recommended_action)}})
-        return None
-
-    def _set_ok(self, ok: bool) -> None:
-        with self._cv:
-            self._last_ok = ok
+        return None, True
 
 
 class PublisherHttp(ThreadedHttp):
