@@ -249,16 +249,21 @@ def test_daemon_overrides_from_env_and_metrics_over_http(api, tmp_path, monkeypa
         assert client.get_gpu(UUIDS[0]).status.recommended_action == "CONTACT_SUPPORT"
         wait_for("xid decoded", lambda: mon.counter("nvsentinel_kmsg_events_decoded", kind="xid") == 1, mon)
         assert mon.counter("nvsentinel_kmsg_events_decoded", kind="pci_mapping") == 1
-        assert mon.counter("nvsentinel_kmsg_condition_writes", status="False") == 1
-        assert mon.gauge("nvsentinel_kmsg_gpu_healthy", gpu=UUIDS[0]) == 0
+        # counted once the write's answer is back, which can be just after the server shows it
+        wait_for("the write counted", lambda: mon.counter("nvsentinel_kmsg_condition_writes", status="False") == 1,
+                 mon)
+        wait_for("GPU 0 unhealthy", lambda: mon.gauge("nvsentinel_kmsg_gpu_healthy", gpu=UUIDS[0]) == 0, mon)
         append(log, FATAL)
         wait_for("sxid decoded", lambda: mon.counter("nvsentinel_kmsg_events_decoded", kind="sxid") == 1, mon)
-        assert mon.counter("nvsentinel_kmsg_condition_writes", status="False") == 3  # GPUs 1 and 2
+        # decoded first, then written to GPUs 1 and 2, one after the other
+        wait_for("both SXid writes counted",
+                 lambda: mon.counter("nvsentinel_kmsg_condition_writes", status="False") == 3, mon)
         assert {kmsg(client, u).reason for u in UUIDS[1:]} == {"SXid24007"}
-        assert mon.gauge("nvsentinel_kmsg_gpu_healthy", gpu=UUIDS[2]) == 0
+        wait_for("GPU 2 unhealthy", lambda: mon.gauge("nvsentinel_kmsg_gpu_healthy", gpu=UUIDS[2]) == 0, mon)
         append(log, f"GPU reset executed: {UUIDS[2]}\n")
         wait_for("GPU 2 healthy", lambda: mon.gauge("nvsentinel_kmsg_gpu_healthy", gpu=UUIDS[2]) == 1, mon)
-        assert mon.counter("nvsentinel_kmsg_condition_writes", status="True") == 1
+        wait_for("the recovery write counted",
+                 lambda: mon.counter("nvsentinel_kmsg_condition_writes", status="True") == 1, mon)
         assert kmsg(client, UUIDS[2]).status == "True"
         assert "xid_overrides=" in mon.log() and str(over) in mon.log()
         assert mon.stop() == 0
