@@ -54,31 +54,27 @@ class Monitor:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
-    def counter(self, name: str, **labels: str) -> float | None:
-        """A counter from the daemon's /metrics (None while it does not answer yet)."""
+    def _sample(self, name: str, labels: dict[str, str]) -> tuple[bool, float | None]:
+        """(answered, value) of one sample of the daemon's /metrics; value None when absent."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
                 text = resp.read().decode()
         except OSError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name + "_total" and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return 0.0
-
-    def gauge(self, name: str, **labels: str) -> float | None:
-        """A sample from the daemon's /metrics by its exact name (None when absent or not answering)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
+            return False, None
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+                    return True, sample.value
+        return True, None
+
+    def counter(self, name: str, **labels: str) -> float | None:
+        """A counter from the daemon's /metrics (None while it does not answer yet; 0 before it moved)."""
+        answered, value = self._sample(name + "_total", labels)
+        return (value if value is not None else 0.0) if answered else None
+
+    def gauge(self, name: str, **labels: str) -> float | None:
+        """A sample from the daemon's /metrics by its exact name (None when absent or not answering)."""
+        return self._sample(name, labels)[1]
 
     def peak_rss_kib(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
