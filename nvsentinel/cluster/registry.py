@@ -45,7 +45,8 @@ class Stage:
 def _quarantine(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
     from nvsentinel.cluster.quarantine.controller import QuarantineController
 
-    return QuarantineController(configs["quarantine"])
+    d: DrainConfig = configs["drain"]
+    return QuarantineController(dataclasses.replace(configs["quarantine"], drain_scope=d.drain_scope))
 
 
 def _drain(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:

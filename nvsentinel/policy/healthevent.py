@@ -20,7 +20,7 @@ __all__ = [
     "Phase", "ConditionType", "Entity", "OverrideFlags", "Overrides", "Maintenance",
     "HealthEventSpec", "Condition", "HealthEventStatus", "HealthEvent",
     "format_time", "parse_time", "utcnow", "ENTITY_GPU", "ENTITY_PCI", "ENTITY_GPU_SERIAL", "ENTITY_NVSWITCH",
-    "pci_slot",
+    "pci_slot", "RemediationMode", "DrainScope", "PodRef", "PodMapping", "DrainRecord", "MAX_MAPPED_PODS",
 ]
 
 GROUP = "nvsentinel.nvidia.com"
@@ -52,6 +52,21 @@ class Phase(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (Phase.RESOLVED, Phase.CANCELLED)
+
+
+class RemediationMode(enum.StrEnum):
+    """Who remediates a node's fault (docs/integrations.md): one system owns a node at a time."""
+
+    NVSENTINEL = "nvsentinel"   # the whole chain
+    EXTERNAL = "external"       # quarantine, say what is recommended, and stop: another system repairs
+    APPROVE = "approve"         # the whole chain, but remediation waits in Drained for an operator's approval
+
+
+class DrainScope(enum.StrEnum):
+    """What a drain evicts: every pod of the node, or only the pods on the event's GPUs."""
+
+    NODE = "node"
+    GPU = "gpu"
 
 
 class ConditionType(enum.StrEnum):
@@ -214,6 +229,59 @@ class Maintenance:
         )
 
 
+#: The most pods one event's pod mapping may name (the CRD's maxItems): a node's credential writes it.
+MAX_MAPPED_PODS = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodRef:
+    """A pod by namespace and name, and the devices of the mapped resource it holds (GPU UUIDs)."""
+
+    namespace: str
+    name: str
+    devices: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"namespace": self.namespace, "name": self.name}
+        if self.devices:
+            out["devices"] = list(self.devices)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PodRef:
+        return cls(namespace=str(d["namespace"]), name=str(d["name"]),
+                   devices=tuple(str(x) for x in d.get("devices") or ()))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodMapping:
+    """Which pods held the event's GPUs when it was published, from the kubelet's PodResources API
+    (`nvsentinel.node.podresources`). `error` set: the mapping could not be read (the drain falls back to the
+    whole node and says why). Absent from the spec: the publisher was not asked to read it."""
+
+    resource_name: str = ""
+    pods: tuple[PodRef, ...] = ()
+    error: str = ""
+    read_at: _dt.datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pods": [p.to_dict() for p in self.pods]}
+        _put(out, "resourceName", self.resource_name or None)
+        _put(out, "error", self.error or None)
+        _put(out, "readAt", format_time(self.read_at) if self.read_at else None)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PodMapping:
+        return cls(resource_name=str(d.get("resourceName", "")),
+                   pods=tuple(PodRef.from_dict(p) for p in d.get("pods") or ()),
+                   error=str(d.get("error", "")), read_at=_opt_time(d, "readAt"))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class HealthEventSpec:
     """What happened: immutable once created."""
@@ -233,6 +301,7 @@ class HealthEventSpec:
     overrides: Overrides = Overrides()
     metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     maintenance: Maintenance | None = None
+    pod_mapping: PodMapping | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -254,6 +323,7 @@ class HealthEventSpec:
         _put(out, "agent", self.agent or None)
         _put(out, "message", self.message or None)
         _put(out, "maintenance", self.maintenance.to_dict() if self.maintenance else None)
+        _put(out, "podMapping", self.pod_mapping.to_dict() if self.pod_mapping else None)
         return out
 
     @classmethod
@@ -274,6 +344,7 @@ class HealthEventSpec:
             overrides=Overrides.from_dict(d.get("overrides")),
             metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
             maintenance=Maintenance.from_dict(d["maintenance"]) if d.get("maintenance") is not None else None,
+            pod_mapping=PodMapping.from_dict(d["podMapping"]) if d.get("podMapping") is not None else None,
         )
 
 
@@ -306,12 +377,39 @@ class Condition:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class DrainRecord:
+    """What the drain stage evicted: the whole node (`scope` node) or only the pods on the event's GPUs (`gpu`);
+    `reason` says why a GPU-scoped drain fell back to the node."""
+
+    scope: str
+    gpus: tuple[str, ...] = ()
+    pods: tuple[PodRef, ...] = ()
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scope": str(self.scope), "gpus": list(self.gpus),
+                               "pods": [{"namespace": p.namespace, "name": p.name} for p in self.pods]}
+        _put(out, "reason", self.reason or None)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DrainRecord:
+        return cls(scope=str(d.get("scope", "")), gpus=tuple(str(g) for g in d.get("gpus") or ()),
+                   pods=tuple(PodRef.from_dict(p) for p in d.get("pods") or ()), reason=str(d.get("reason", "")))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class HealthEventStatus:
     phase: Phase = Phase.NEW
     conditions: tuple[Condition, ...] = ()
     last_remediation_time: _dt.datetime | None = None
     resolved_at: _dt.datetime | None = None
     observed_generation: int = 0
+    remediation_mode: str = ""
+    """who remediates (nvsentinel, external, approve): decided once, by the quarantine stage"""
+    node_uid: str = ""
+    """the UID of the Node quarantined for it: another UID under the same name is a replaced node"""
+    drain: DrainRecord | None = None
 
     def condition(self, type_: str) -> Condition | None:
         for c in self.conditions:
@@ -337,6 +435,9 @@ class HealthEventStatus:
         }
         _put(out, "lastRemediationTime", format_time(self.last_remediation_time) if self.last_remediation_time else None)
         _put(out, "resolvedAt", format_time(self.resolved_at) if self.resolved_at else None)
+        _put(out, "remediationMode", str(self.remediation_mode) or None)
+        _put(out, "nodeUID", self.node_uid or None)
+        _put(out, "drain", self.drain.to_dict() if self.drain else None)
         return out
 
     @classmethod
@@ -348,6 +449,9 @@ class HealthEventStatus:
             last_remediation_time=_opt_time(d, "lastRemediationTime"),
             resolved_at=_opt_time(d, "resolvedAt"),
             observed_generation=int(d.get("observedGeneration", 0)),
+            remediation_mode=str(d.get("remediationMode", "")),
+            node_uid=str(d.get("nodeUID", "")),
+            drain=DrainRecord.from_dict(d["drain"]) if d.get("drain") is not None else None,
         )
 
 

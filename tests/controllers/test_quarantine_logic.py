@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from nvsentinel.cluster.ownership import OWNER_LABEL
 from nvsentinel.cluster.quarantine import logic
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState
@@ -33,8 +34,9 @@ def event(name: str = "ev-1", *, fatal: bool = True, healthy: bool = False, phas
 def node(name: str = "n1", *, unschedulable: bool = False, taints: list | None = None,
          annotation: str | None = None, gpus: int | None = 8, labels: dict | None = None) -> dict:
     meta: dict = {"name": name, "resourceVersion": "123", "labels": dict(labels or {})}
-    if annotation is not None:
+    if annotation is not None:  # a node we quarantined carries the owner label too
         meta["annotations"] = {logic.ANNOTATION: annotation, "other": "x"}
+        meta["labels"].setdefault(OWNER_LABEL, "nvsentinel")
     status: dict = {"capacity": {"cpu": "8"}}
     if gpus is not None:
         status["capacity"][logic.GPU_RESOURCE] = str(gpus)
@@ -122,7 +124,8 @@ def test_fresh_node_is_cordoned_tainted_and_annotated_with_rv():
     assert n == before  # informer objects are shared: never mutated
     assert plan.new_cordon and plan.reason == "Cordoned" and plan.action == "cordon"
     assert plan.patch == {
-        "metadata": {"annotations": {logic.ANNOTATION: plan.ownership.to_json()}, "resourceVersion": "123"},
+        "metadata": {"annotations": {logic.ANNOTATION: plan.ownership.to_json()},
+                     "labels": {OWNER_LABEL: "nvsentinel"}, "resourceVersion": "123"},
         "spec": {"unschedulable": True, "taints": [other, OUR_TAINT]},
     }
     assert plan.ownership == logic.Ownership(("ev-1",), T0, True)
@@ -181,6 +184,7 @@ def test_rerun_after_the_node_patch_changes_nothing_and_keeps_the_reason():
     patched = copy.deepcopy(n)
     patched["spec"].update(first.patch["spec"])
     patched["metadata"].setdefault("annotations", {}).update(first.patch["metadata"]["annotations"])
+    patched["metadata"]["labels"].update(first.patch["metadata"]["labels"])
     again = logic.plan_node(patched, "ev-1", now=T0 + dt.timedelta(minutes=5), cfg=CFG)
     assert again.patch is None
     assert (again.reason, again.action, again.new_cordon) == ("Cordoned", "cordon", False)

@@ -10,8 +10,8 @@ import datetime as dt
 from hypothesis import strategies as st
 
 from nvsentinel.policy.healthevent import (
-    Condition, ConditionType, Entity, HealthEvent, HealthEventSpec, HealthEventStatus, Maintenance, OverrideFlags,
-    Overrides, Phase,
+    Condition, ConditionType, DrainRecord, DrainScope, Entity, HealthEvent, HealthEventSpec, HealthEventStatus,
+    Maintenance, OverrideFlags, Overrides, Phase, PodMapping, PodRef, RemediationMode,
 )
 from nvsentinel.xid import Action
 
@@ -32,6 +32,14 @@ overrides = st.builds(Overrides, quarantine=override_flags, drain=override_flags
 maintenance = st.builds(Maintenance, csp=text, event_id=text, maintenance_type=text,
                         scheduled_start=st.none() | times, scheduled_end=st.none() | times)
 
+pod_refs = st.builds(PodRef, namespace=label_value, name=label_value, devices=st.lists(word, max_size=3).map(tuple))
+pod_mappings = st.builds(PodMapping, resource_name=text, pods=st.lists(pod_refs, max_size=4).map(tuple), error=text,
+                         read_at=st.none() | times)
+drain_records = st.builds(DrainRecord, scope=st.sampled_from([str(s) for s in DrainScope]),
+                          gpus=st.lists(word, max_size=3).map(tuple),
+                          pods=st.lists(st.builds(PodRef, namespace=label_value, name=label_value), max_size=4).map(tuple),
+                          reason=text)
+
 specs = st.builds(
     HealthEventSpec,
     source=word, node_name=word, component_class=word, check_name=word,
@@ -42,6 +50,7 @@ specs = st.builds(
     overrides=overrides,
     metadata=st.dictionaries(word, text, max_size=5),
     maintenance=st.none() | maintenance,
+    pod_mapping=st.none() | pod_mappings,
 )
 
 conditions = st.builds(
@@ -58,6 +67,8 @@ def statuses(draw: st.DrawFn) -> HealthEventStatus:
         phase=draw(st.sampled_from(list(Phase))), conditions=tuple(conds),
         last_remediation_time=draw(st.none() | times), resolved_at=draw(st.none() | times),
         observed_generation=draw(st.integers(0, 2**40)),
+        remediation_mode=draw(st.sampled_from(["", *(str(m) for m in RemediationMode)])),
+        node_uid=draw(st.just("") | label_value), drain=draw(st.none() | drain_records),
     )
 
 

@@ -17,7 +17,7 @@ from hypothesis import given
 
 from nvsentinel.k8s import crd as crd_mod
 from nvsentinel.policy.healthevent import (
-    GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, Condition, ConditionType, Entity, HealthEvent,
+    GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, Condition, ConditionType, DrainRecord, DrainScope, RemediationMode, Entity, PodMapping, PodRef, HealthEvent,
     HealthEventSpec, HealthEventStatus, Maintenance, OverrideFlags, Overrides, Phase,
 )
 from nvsentinel.xid import Action
@@ -47,9 +47,11 @@ def full_event() -> HealthEvent:
         recommended_action=Action.RESTART_BM, error_codes=("79",), entities_impacted=(Entity("GPU", "GPU-1"),),
         overrides=Overrides(flags, flags), metadata={"pci": "0000:3b:00.0"},
         maintenance=Maintenance("aws", "e-1", "reboot", T, T),
+        pod_mapping=PodMapping("nvidia.com/gpu", (PodRef("team-a", "train-0", ("GPU-1",)),), "none", T),
     )
     cond = Condition("Detected", "True", "XidCritical", "seen", T, 1)
-    status = HealthEventStatus(Phase.QUARANTINED, (cond,), T, T, 1)
+    status = HealthEventStatus(Phase.QUARANTINED, (cond,), T, T, 1, RemediationMode.APPROVE, "uid-1",
+                               DrainRecord(DrainScope.GPU, ("GPU-1",), (PodRef("team-a", "train-0"),), "why"))
     return HealthEvent(name="he-1", spec=spec, status=status, labels={"a": "b"}, annotations={"c": "d"},
                        resource_version="7", uid="u", generation=1, creation_timestamp=T)
 
@@ -190,6 +192,8 @@ def test_every_enum_equals_its_python_enum():
         ".status.phase": [str(p) for p in Phase],
         ".status.conditions[].type": [str(t) for t in ConditionType],
         ".status.conditions[].status": ["True", "False", "Unknown"],
+        ".status.remediationMode": [str(m) for m in RemediationMode],
+        ".status.drain.scope": [str(s) for s in DrainScope],
     }
     assert len(Action) == 9 and len(Phase) == 8 and len(ConditionType) == 5
 

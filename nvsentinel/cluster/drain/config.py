@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from nvsentinel.policy.healthevent import DrainScope
 from nvsentinel.service.settings import setting
 
 __all__ = ["DrainConfig"]
@@ -23,6 +24,10 @@ class DrainConfig:
     drain_grace_period: int = setting(30, help="gracePeriodSeconds sent with each eviction")
     drain_poll: float = setting(
         2.0, help="seconds between re-checks while evicted pods are still terminating")
+    drain_scope: str = setting(
+        "node", help="node: evict every pod of a quarantined node; gpu: only the pods on the event's GPUs, from the "
+        "pod mapping the publisher records (kubelet PodResources API), falling back to the node, with the reason, "
+        "when that is not known to be enough (docs/drain.md)", metavar="SCOPE")
     # no flags of their own: `nvsentinel controllers` passes the chain's --node-selector and
     # --event-selector (the quarantine settings), so every stage handles the same nodes and events
     node_selector: str = ""
@@ -33,6 +38,8 @@ class DrainConfig:
         return frozenset(n.strip() for n in self.drain_skip_namespaces.split(",") if n.strip())
 
     def validate(self) -> None:
+        if self.drain_scope not in {s.value for s in DrainScope}:
+            raise ValueError(f"--drain-scope must be node or gpu, got {self.drain_scope!r}")
         for name in ("drain_pdb_retry", "drain_poll"):
             value = getattr(self, name)
             if not 0.01 <= value <= 3600:

@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nvsentinel.cluster.drain.config import DrainConfig
-from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase
+from nvsentinel.policy.handoff import mode_of
+from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase, RemediationMode
 from nvsentinel.policy.outcome import Outcome, apply_outcome
 from nvsentinel.policy.outcome import same_decision as same_decision_of
 
@@ -38,7 +39,7 @@ PodKey = tuple[str, str]
 
 
 class Triage(enum.Enum):
-    IGNORE = "ignore"   # not ours yet (New), or already Drained or beyond
+    IGNORE = "ignore"   # not ours yet (New), already Drained or beyond, or handed off (mode external)
     SKIP = "skip"       # spec.overrides.drain.skip
     DRAIN = "drain"     # Quarantined or Draining: evict and watch the pods go
 
@@ -46,6 +47,8 @@ class Triage(enum.Enum):
 def triage(event: HealthEvent) -> Triage:
     if event.status.phase not in (Phase.QUARANTINED, Phase.DRAINING):
         return Triage.IGNORE
+    if mode_of(event) is RemediationMode.EXTERNAL:
+        return Triage.IGNORE  # handed off: the external repairer drains (docs/integrations.md)
     if event.spec.overrides.drain.skip:
         return Triage.SKIP
     return Triage.DRAIN

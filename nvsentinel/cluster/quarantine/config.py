@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from nvsentinel.cluster.ownership import TAINT_KEY
+from nvsentinel.policy.handoff import ModeRule, RemediationMode, parse_mode_rules
 from nvsentinel.service.settings import setting
 
 __all__ = ["QuarantineConfig", "BREAKER_CONFIGMAP", "TAINT_KEY"]
@@ -37,6 +38,24 @@ class QuarantineConfig:
                                  "the fleet (empty: all nodes)", metavar="SELECTOR")
     event_selector: str = setting("", help="label selector on HealthEvents this controller handles (empty: "
                                   "all)", metavar="SELECTOR")
+    remediation_mode: str = setting(
+        "nvsentinel", help="who remediates a quarantined node that no --remediation-mode-rules entry matches: "
+        "nvsentinel (the whole chain), external (quarantine, set the Node condition, recommend, and stop: another "
+        "system repairs) or approve (drain, then wait for `nvsentinel approve`)", metavar="MODE")
+    remediation_mode_rules: str = setting(
+        "", help='JSON list of {"nodeSelector": SELECTOR, "mode": MODE}; the first rule whose selector matches the '
+        "node decides its mode (docs/integrations.md)", metavar="JSON")
+    # no flag of its own: `nvsentinel controllers` passes the drain stage's --drain-scope (a GPU-scoped quarantine
+    # leaves the node schedulable where that is safe)
+    drain_scope: str = "node"
+
+    @property
+    def mode_rules(self) -> tuple[ModeRule, ...]:
+        return parse_mode_rules(self.remediation_mode_rules)
+
+    @property
+    def default_mode(self) -> RemediationMode:
+        return RemediationMode(self.remediation_mode)
 
     def validate(self) -> None:
         if not 0 < self.breaker_percent <= 100:
@@ -51,6 +70,10 @@ class QuarantineConfig:
             raise ValueError("--taint-key must not be empty")
         if self.taint_effect not in _EFFECTS:
             raise ValueError(f"--taint-effect must be one of {', '.join(_EFFECTS)}, got {self.taint_effect!r}")
+        if self.remediation_mode not in {m.value for m in RemediationMode}:
+            raise ValueError(f"--remediation-mode must be one of {', '.join(m.value for m in RemediationMode)}, "
+                             f"got {self.remediation_mode!r}")
+        self.mode_rules  # raises ValueError naming the bad rule
         for name in ("hold_requeue", "node_missing_requeue"):
             value = getattr(self, name)
             if not 0.01 <= value <= 3600:

@@ -31,14 +31,14 @@ from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_ev
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.status import write_outcome
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState, CordonLedger, Verdict, evaluate
-from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase
+from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase, RemediationMode
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["QuarantineController", "ACTIONS"]
 
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
-ACTIONS = ("cordon", "already-cordoned", "add-event", "hold", "cancel", "resolve-nonfatal", "dry-run-cordon",
+ACTIONS = ("cordon", "already-cordoned", "add-event", "taint-gpu-scope", "hold", "cancel", "resolve-nonfatal", "dry-run-cordon",
            "dry-run-cancel", "dry-run-resolve-nonfatal")
 _OPEN_PHASES = frozenset({Phase.NEW, Phase.QUARANTINED})
 
@@ -132,7 +132,7 @@ class QuarantineController:
             own = logic.ownership_of(obj)
         except ValueError:
             own = None
-        if own is not None and own.cordoned_by_us:
+        if own is not None and own.counted:
             self._recent.pop(name, None)  # the cache shows our cordon now
             self._ledger.set(name, own.since)
         else:
@@ -153,19 +153,20 @@ class QuarantineController:
             self._held.discard(key)
             return None
         cordoning = False
+        mode: RemediationMode | None = None
         try:
             if rule is logic.Triage.CANCEL:
                 outcome = logic.cancel_outcome(event, dry_run=ctx.dry_run)
             elif rule is logic.Triage.RESOLVE:
                 outcome = logic.resolve_outcome(event, dry_run=ctx.dry_run)
             else:
-                outcome, cordoning = await self._quarantine(event, obj, ctx, now)
+                outcome, cordoning, mode = await self._quarantine(event, obj, ctx, now)
             if outcome.reason.endswith("CircuitBreakerOpen"):
                 self._held.add(key)
                 await self._after_cordons()
             else:
                 self._held.discard(key)
-            await self._record(event, obj, outcome, ctx, now)
+            await self._record(event, obj, outcome, ctx, now, mode)
         finally:
             if cordoning:
                 self._cordon_recorded()
@@ -186,27 +187,30 @@ class QuarantineController:
                 await self._cordons_done.wait()
 
     async def _quarantine(self, event: HealthEvent, obj: dict[str, Any], ctx: ControllerContext,
-                          now: _dt.datetime) -> tuple[logic.Outcome, bool]:
-        """The outcome, and whether this is a new cordon the breaker allowed (counted in `_cordoning`
-        from the decision on; the caller uncounts it once recorded)."""
+                          now: _dt.datetime) -> tuple[logic.Outcome, bool, RemediationMode | None]:
+        """The outcome, whether this is a new cordon the breaker allowed (counted in `_cordoning`
+        from the decision on; the caller uncounts it once recorded), and who remediates the node."""
         cfg = self.config
         node_name = event.spec.node_name
         node = self._nodes.get(node_name)
         if node is None:
-            return logic.node_missing_outcome(event, cfg, dry_run=ctx.dry_run), False
-        plan = logic.plan_node(node, event.name, now=now, cfg=cfg)
+            return logic.node_missing_outcome(event, cfg, dry_run=ctx.dry_run), False, None
+        mode = logic.decide_mode(node, cfg)
+        how = {"mode": mode, "gpu_scoped": logic.wants_gpu_scope(event, node, cfg, mode),
+               "recommend": logic.recommendation_entry(event)}
+        plan = logic.plan_node(node, event.name, now=now, cfg=cfg, **how)
         note = ""
         cordoning = False
         if plan.new_cordon:
             force = event.spec.overrides.quarantine.force
             verdict = await self._breaker(node_name, obj, ctx, now, force)
             if not verdict.allowed:
-                return logic.hold_outcome(event, verdict.message, cfg, dry_run=ctx.dry_run), False
+                return logic.hold_outcome(event, verdict.message, cfg, dry_run=ctx.dry_run), False, None
             self._cordoning += 1
             cordoning = True
             note = verdict.message if verdict.forced else ""
             # the same `since` as the breaker recorded, on this try and on any retry of it
-            plan = logic.plan_node(node, event.name, now=self._recent.get(node_name, now), cfg=cfg)
+            plan = logic.plan_node(node, event.name, now=self._recent.get(node_name, now), cfg=cfg, **how)
         try:
             if plan.patch is not None:
                 written = await ctx.kube.patch(NODES, node_name, plan.patch, dry_run=ctx.dry_run)
@@ -214,12 +218,14 @@ class QuarantineController:
                     ctx.observe_write(NODES, written, str(node["metadata"].get("resourceVersion", "")))
                 logger.info("node quarantined" if not ctx.dry_run else "dry-run: node would be quarantined",
                             extra={"kv": {"node": node_name, "healthevent": event.name, "reason": plan.reason,
-                                          "events": ",".join(plan.ownership.events)}})
+                                          "events": ",".join(plan.ownership.events), "mode": plan.ownership.mode,
+                                          "scope": plan.ownership.scope}})
         except BaseException:
             if cordoning:  # the caller never sees it: uncount here
                 self._cordon_recorded()
             raise
-        return logic.quarantined_outcome(event, plan, cfg, dry_run=ctx.dry_run, breaker_note=note), cordoning
+        return (logic.quarantined_outcome(event, plan, cfg, dry_run=ctx.dry_run, breaker_note=note), cordoning,
+                RemediationMode(plan.ownership.mode))
 
     # ---- breaker ----------------------------------------------------------------------------------
     async def _breaker(self, node_name: str, event_obj: dict[str, Any], ctx: ControllerContext,
@@ -312,12 +318,18 @@ class QuarantineController:
 
     # ---- status -----------------------------------------------------------------------------------
     async def _record(self, event: HealthEvent, obj: dict[str, Any], outcome: logic.Outcome,
-                      ctx: ControllerContext, now: _dt.datetime) -> None:
+                      ctx: ControllerContext, now: _dt.datetime, mode: RemediationMode | None = None) -> None:
         # the breaker's own Event says CircuitBreakerOpen once per trip; NodeNotFound is in the status
         quiet = outcome.reason.endswith(("CircuitBreakerOpen", "NodeNotFound"))
         # a held event's message moves with the breaker's count: re-written only with a new decision (at
         # 1 000 held events a refresh per hold re-check would be 200 writes/s; `breaker status` is live)
-        written = await write_outcome(ctx, event, logic.apply_outcome(event, outcome, now), outcome, obj=obj,
+        if mode is not None:
+            node = self._nodes.get(event.spec.node_name) or {}
+            status = logic.quarantined_status(event, outcome, now, mode=mode,
+                                              node_uid=str((node.get("metadata") or {}).get("uid") or ""))
+        else:
+            status = logic.apply_outcome(event, outcome, now)
+        written = await write_outcome(ctx, event, status, outcome, obj=obj,
                                       quiet=quiet, refresh=not outcome.reason.endswith("CircuitBreakerOpen"))
         if written.decided and not quiet and outcome.condition_type == ConditionType.NODE_QUARANTINED and \
                 outcome.phase in (Phase.QUARANTINED, Phase.NEW) and not outcome.reason.endswith("SkippedByOverride"):

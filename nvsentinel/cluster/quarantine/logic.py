@@ -12,16 +12,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from nvsentinel.cluster.ownership import (
-    ANNOTATION, GPU_PRESENT_LABEL, GPU_RESOURCE, Ownership, gpu_node_count, is_gpu_node, our_cordons, ownership_of,
+    ANNOTATION, GPU_PRESENT_LABEL, GPU_RESOURCE, OWNER_LABEL, RECOMMENDATION_ANNOTATION, Ownership, gpu_node_count,
+    is_gpu_node, our_cordons, ownership_of,
 )
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState, counted_cordons
+from nvsentinel.policy.drainscope import gpu_scope, leaves_node_schedulable
+from nvsentinel.policy.handoff import mode_for
 from nvsentinel.policy.healthevent import (
-    ConditionType, HealthEvent, HealthEventStatus, Phase, format_time,
+    Condition, ConditionType, DrainScope, HealthEvent, HealthEventStatus, Phase, RemediationMode, format_time,
 )
 from nvsentinel.policy.outcome import Outcome, same_decision
 from nvsentinel.policy.outcome import apply_outcome as outcome_status
@@ -30,8 +34,16 @@ __all__ = [
     "ACTOR", "ANNOTATION", "GPU_RESOURCE", "GPU_PRESENT_LABEL", "Triage", "triage", "Ownership",
     "ownership_of", "is_gpu_node", "gpu_node_count", "our_cordons", "NodePlan", "plan_node", "Outcome",
     "resolve_outcome", "cancel_outcome", "quarantined_outcome", "hold_outcome", "node_missing_outcome",
-    "apply_outcome", "same_decision", "cordon_patch", "breaker_report",
+    "apply_outcome", "same_decision", "cordon_patch", "breaker_report", "decide_mode", "wants_gpu_scope",
+    "recommendation_entry", "quarantined_status", "HANDED_OFF", "GPU_SCOPE_TAINT_VALUE", "GPU_SCOPE_TAINT_EFFECT", "MAX_RECOMMENDED",
 ]
+
+#: A GPU-scoped quarantine leaves the node schedulable: our taint with this value and effect steers new pods to
+#: other nodes without keeping them off (the device plugin already withheld the bad GPU).
+GPU_SCOPE_TAINT_VALUE = "gpu"
+GPU_SCOPE_TAINT_EFFECT = "PreferNoSchedule"
+#: HealthEvents named in the recommendation annotation at most (the newest are kept).
+MAX_RECOMMENDED = 16
 
 ACTOR = "nvsentinel-quarantine"
 
@@ -87,7 +99,54 @@ class NodePlan:
     """nvsentinel cordons a node it had not: the breaker must allow it"""
 
 
-def plan_node(node: Mapping[str, Any], event_name: str, *, now: _dt.datetime, cfg: QuarantineConfig) -> NodePlan:
+def decide_mode(node: Mapping[str, Any], cfg: QuarantineConfig) -> RemediationMode:
+    """Who remediates this node: what its quarantine record says (one owner until it is released), else the first
+    --remediation-mode-rules entry matching its labels, else --remediation-mode."""
+    try:
+        current = ownership_of(node)
+    except ValueError:
+        current = None
+    if current is not None:
+        return RemediationMode(current.mode)
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return mode_for(labels, cfg.mode_rules, cfg.default_mode)
+
+
+def wants_gpu_scope(event: HealthEvent, node: Mapping[str, Any], cfg: QuarantineConfig,
+                    mode: RemediationMode) -> bool:
+    """Quarantine `event` without cordoning (GPU scope): the drain will take only its GPUs' pods, and the kubelet
+    already withholds a GPU, so the node can keep running work on the others (policy/drainscope.py)."""
+    if cfg.drain_scope != DrainScope.GPU or mode is RemediationMode.EXTERNAL or _is_unschedulable(node):
+        return False
+    scope, _ = gpu_scope(event, cfg.drain_scope)
+    return scope is not None and leaves_node_schedulable(node, scope.resource_name)
+
+
+def recommendation_entry(event: HealthEvent) -> dict[str, Any]:
+    """What the recommendation annotation says about one event: enough to act on without reading the event."""
+    return {"healthEvent": event.name, "action": str(event.spec.recommended_action),
+            "errorCodes": list(event.spec.error_codes[:8]), "gpus": list(event.gpu_uuids[:8])}
+
+
+def _recommendation(node: Mapping[str, Any], mode: str, entry: Mapping[str, Any] | None) -> str | None:
+    """The recommendation annotation with `entry` in it; None when it already holds it."""
+    text = ((node.get("metadata") or {}).get("annotations") or {}).get(RECOMMENDATION_ANNOTATION) or ""
+    try:
+        current = json.loads(text) if text else {}
+        entries = [e for e in current.get("events") or [] if isinstance(e, dict)]
+    except (ValueError, AttributeError):
+        current, entries = {}, []
+    if entry is None:
+        return None
+    if any(e.get("healthEvent") == entry["healthEvent"] for e in entries) and current.get("mode") == mode:
+        return None
+    entries = [e for e in entries if e.get("healthEvent") != entry["healthEvent"]] + [dict(entry)]
+    return json.dumps({"mode": mode, "events": entries[-MAX_RECOMMENDED:]}, separators=(",", ":"))
+
+
+def plan_node(node: Mapping[str, Any], event_name: str, *, now: _dt.datetime, cfg: QuarantineConfig,
+              mode: RemediationMode = RemediationMode.NVSENTINEL, gpu_scoped: bool = False,
+              recommend: Mapping[str, Any] | None = None) -> NodePlan:
     """Cordon + taint + ownership for `event_name`, idempotent.
 
     No annotation and schedulable → our cordon (counted by the breaker). No annotation but already
@@ -99,19 +158,43 @@ def plan_node(node: Mapping[str, Any], event_name: str, *, now: _dt.datetime, cf
     lifted the cordon that was someone else's) → this plan cordons it again, and that cordon is ours:
     the record says so from now (`cordonedByUs: true`, `since` now, this event first), and the breaker
     counts it. Otherwise resolution would read "not ours" and never lift a cordon we made.
+
+    `gpu_scoped` (`wants_gpu_scope`): no cordon, our taint PreferNoSchedule, `scope: gpu` in the record (counted
+    by the breaker all the same). A later event that needs the whole node turns it into a cordon. `mode` is
+    recorded on the node (record and `OWNER_LABEL`); a node already quarantined keeps the mode it has.
     """
     try:
         current = ownership_of(node)
     except ValueError:
         current = None
+    if current is not None:
+        mode = RemediationMode(current.mode)
+    if current is not None and current.scope == DrainScope.GPU:
+        names = current.events if event_name in current.events else current.events + (event_name,)
+        if gpu_scoped:
+            own = dataclasses.replace(current, events=names)
+            first = own.events[0] == event_name
+            reason, action = ("GpuScoped", "taint-gpu-scope") if first else ("AlreadyQuarantined", "add-event")
+            return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg, recommend=recommend), reason=reason,
+                            action=action, new_cordon=False)
+        # this fault needs the whole node: the GPU-scoped quarantine becomes a cordon (already counted)
+        by_us = not _is_unschedulable(node)
+        own = Ownership(events=names, since=current.since, cordoned_by_us=by_us, mode=current.mode, scope="node")
+        reason, action = ("Cordoned", "cordon") if by_us else ("AlreadyCordoned", "already-cordoned")
+        return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg, recommend=recommend), reason=reason,
+                        action=action, new_cordon=False)
     if current is not None and not _is_unschedulable(node):
         others = tuple(e for e in current.events if e != event_name)
-        own = Ownership(events=(event_name, *others), since=now, cordoned_by_us=True)
-        return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg), reason="Cordoned", action="cordon",
-                        new_cordon=True)
+        own = Ownership(events=(event_name, *others), since=now, cordoned_by_us=True, mode=current.mode)
+        return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg, recommend=recommend), reason="Cordoned",
+                        action="cordon", new_cordon=True)
     if current is None:
+        if gpu_scoped and not _is_unschedulable(node):
+            own = Ownership(events=(event_name,), since=now, cordoned_by_us=False, mode=str(mode), scope="gpu")
+            return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg, recommend=recommend),
+                            reason="GpuScoped", action="taint-gpu-scope", new_cordon=True)
         by_us = not _is_unschedulable(node)
-        own = Ownership(events=(event_name,), since=now, cordoned_by_us=by_us)
+        own = Ownership(events=(event_name,), since=now, cordoned_by_us=by_us, mode=str(mode))
         reason, action = ("Cordoned", "cordon") if by_us else ("AlreadyCordoned", "already-cordoned")
         new_cordon = by_us
     else:
@@ -124,22 +207,30 @@ def plan_node(node: Mapping[str, Any], event_name: str, *, now: _dt.datetime, cf
             reason, action = ("AlreadyQuarantined", "add-event") if own.cordoned_by_us else (
                 "AlreadyCordoned", "add-event")
         new_cordon = False
-    return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg), reason=reason, action=action,
-                    new_cordon=new_cordon)
+    return NodePlan(ownership=own, patch=cordon_patch(node, own, cfg, recommend=recommend), reason=reason,
+                    action=action, new_cordon=new_cordon)
 
 
-def cordon_patch(node: Mapping[str, Any], own: Ownership, cfg: QuarantineConfig) -> dict[str, Any] | None:
+def cordon_patch(node: Mapping[str, Any], own: Ownership, cfg: QuarantineConfig, *,
+                 recommend: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The merge patch that makes the node unschedulable, tainted and annotated; None if it already is.
 
     Taints are a list, which a merge patch replaces whole: we send the existing taints plus ours, and
-    the resourceVersion makes the server refuse the patch if someone changed them meanwhile.
+    the resourceVersion makes the server refuse the patch if someone changed them meanwhile. A GPU-scoped record
+    (`scope: gpu`) gets our taint PreferNoSchedule and no cordon; a node-scoped one replaces that taint with ours.
     """
     spec: dict[str, Any] = {}
-    if not _is_unschedulable(node):
+    gpu = own.scope == DrainScope.GPU
+    if not gpu and not _is_unschedulable(node):
         spec["unschedulable"] = True
+    value, effect = (GPU_SCOPE_TAINT_VALUE, GPU_SCOPE_TAINT_EFFECT) if gpu else (cfg.taint_value, cfg.taint_effect)
     taints = _taints(node)
-    if not any(t.get("key") == cfg.taint_key and t.get("effect") == cfg.taint_effect for t in taints):
-        spec["taints"] = taints + [{"key": cfg.taint_key, "value": cfg.taint_value, "effect": cfg.taint_effect}]
+    # a node-scoped record replaces the GPU-scoped taint we put (another taint with our key is someone else's)
+    stale = [] if gpu else [t for t in taints if (t.get("key"), t.get("value"), t.get("effect")) == (
+        cfg.taint_key, GPU_SCOPE_TAINT_VALUE, GPU_SCOPE_TAINT_EFFECT)]
+    if stale or not any(t.get("key") == cfg.taint_key and t.get("effect") == effect for t in taints):
+        spec["taints"] = [t for t in taints if t not in stale] + [
+            {"key": cfg.taint_key, "value": value, "effect": effect}]
     try:
         current = ownership_of(node)
     except ValueError:
@@ -147,6 +238,11 @@ def cordon_patch(node: Mapping[str, Any], own: Ownership, cfg: QuarantineConfig)
     meta: dict[str, Any] = {}
     if current != own:
         meta["annotations"] = {ANNOTATION: own.to_json()}
+    rec = _recommendation(node, own.mode, recommend)
+    if rec is not None:
+        meta.setdefault("annotations", {})[RECOMMENDATION_ANNOTATION] = rec
+    if ((node.get("metadata") or {}).get("labels") or {}).get(OWNER_LABEL) != own.mode:
+        meta["labels"] = {OWNER_LABEL: own.mode}
     if not spec and not meta:
         return None
     meta["resourceVersion"] = (node.get("metadata") or {}).get("resourceVersion")
@@ -189,6 +285,10 @@ def quarantined_outcome(event: HealthEvent, plan: NodePlan, cfg: QuarantineConfi
     taint = f"{cfg.taint_key}={cfg.taint_value}:{cfg.taint_effect}"
     if plan.reason == "Cordoned":
         what = f"cordoned node {node} and added taint {taint}"
+    elif plan.reason == "GpuScoped":
+        what = f"GPU-scoped quarantine of {', '.join(event.gpu_uuids) or 'its GPU'}: node {node} left schedulable " \
+               f"(the kubelet withholds a GPU) with taint {cfg.taint_key}={GPU_SCOPE_TAINT_VALUE}:" \
+               f"{GPU_SCOPE_TAINT_EFFECT}"
     elif plan.reason == "AlreadyCordoned":
         what = f"node {node} was already cordoned by someone else (not owned; never uncordoned by nvsentinel); " \
                f"added taint {taint}"
@@ -200,11 +300,34 @@ def quarantined_outcome(event: HealthEvent, plan: NodePlan, cfg: QuarantineConfi
                   f"{what}, by {ACTOR}{note}", action=plan.action)
     if plan.reason == "Cordoned":
         would = f"cordon node {node} and add taint {taint}{note}"
+    elif plan.reason == "GpuScoped":
+        would = f"quarantine GPU {', '.join(event.gpu_uuids)} of node {node} without cordoning it"
     elif plan.reason == "AlreadyCordoned":
         would = f"add taint {taint} to node {node}, already cordoned by someone else"
     else:
         would = f"add this event to node {node}'s quarantine"
     return _dry(out, dry_run, event.status.phase, would, "dry-run-cordon")
+
+
+#: The Remediated reason of an event handed to another system (mode external): this chain acts no further.
+HANDED_OFF = "HandedOff"
+
+
+def quarantined_status(event: HealthEvent, outcome: Outcome, now: _dt.datetime, *, mode: RemediationMode,
+                       node_uid: str) -> HealthEventStatus:
+    """The status of a quarantine that happened: the outcome, who remediates and which Node object it was; for an
+    event handed off (mode external), also `Remediated False HandedOff`, saying what is recommended."""
+    status = apply_outcome(event, outcome, now)
+    if outcome.phase is not Phase.QUARANTINED:
+        return status
+    status = dataclasses.replace(status, remediation_mode=str(mode), node_uid=status.node_uid or node_uid)
+    if mode is RemediationMode.EXTERNAL:
+        status = status.with_condition(Condition(
+            ConditionType.REMEDIATED, "False", HANDED_OFF,
+            f"remediation handed off (remediation mode external): recommended {event.spec.recommended_action}; "
+            f"nvsentinel does not drain or remediate node {event.spec.node_name}, and resolves this event when the "
+            f"node is replaced or deleted, or its GPU verifies healthy; {ACTOR}", now, event.generation))
+    return status
 
 
 def hold_outcome(event: HealthEvent, message: str, cfg: QuarantineConfig, *, dry_run: bool = False) -> Outcome:

@@ -22,6 +22,7 @@ from typing import Any
 from nvsentinel.cluster.indexes import JOB_EVENT_ANNOTATION
 from nvsentinel.cluster.remediation.config import RemediationConfig
 from nvsentinel.policy.evidence import DEFAULT_SKEW, is_stale, observed_at, same_gpu
+from nvsentinel.policy.handoff import STRATEGY_ANNOTATION
 from nvsentinel.policy.healthevent import (
     GROUP, KIND, VERSION, ConditionType, HealthEvent, HealthEventStatus, Phase, format_time,
 )
@@ -42,7 +43,6 @@ __all__ = [
 ACTOR = "nvsentinel-remediation"
 #: The condition this stage decides.
 CONDITION = ConditionType.REMEDIATED
-STRATEGY_ANNOTATION = "nvsentinel.nvidia.com/remediation-strategy"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_REMEDIATION = "nvsentinel.nvidia.com/remediation"
 LABEL_EVENT = "nvsentinel.nvidia.com/healthevent-hash"

@@ -11,7 +11,7 @@ import datetime as _dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nvsentinel.cluster.ownership import ANNOTATION, Ownership, ownership_of
+from nvsentinel.cluster.ownership import ANNOTATION, OWNER_LABEL, RECOMMENDATION_ANNOTATION, Ownership, ownership_of
 from nvsentinel.cluster.resolution.config import ResolutionConfig
 from nvsentinel.policy.evidence import DEFAULT_SKEW, observed_at, same_gpu
 from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
@@ -178,8 +178,12 @@ def plan_release(node: Mapping[str, Any], open_fatal: int, cfg: ResolutionConfig
     uncordon = own.cordoned_by_us and _unschedulable(node)
     if uncordon:
         spec["unschedulable"] = False
-    patch: dict[str, Any] = {"metadata": {"annotations": {ANNOTATION: None},
-                                          "resourceVersion": meta.get("resourceVersion")}}
+    annotations = {ANNOTATION: None}
+    if RECOMMENDATION_ANNOTATION in (meta.get("annotations") or {}):
+        annotations[RECOMMENDATION_ANNOTATION] = None
+    patch: dict[str, Any] = {"metadata": {"annotations": annotations, "resourceVersion": meta.get("resourceVersion")}}
+    if OWNER_LABEL in (meta.get("labels") or {}):
+        patch["metadata"]["labels"] = {OWNER_LABEL: None}
     if spec:
         patch["spec"] = spec
     if uncordon:
