@@ -268,7 +268,8 @@ async def test_crash_between_node_patch_and_status_patch_converges_without_redoi
     env.node(node_name)
     env.event(ev, node_name)
     since = utcnow() - dt.timedelta(seconds=30)
-    plan = logic.plan_node(env.get_node(node_name), ev, now=since, cfg=QuarantineConfig())
+    plan = logic.plan_node(env.get_node(node_name), ev, now=since, cfg=QuarantineConfig(),
+                           recommend=logic.recommendation_entry(HealthEvent.from_dict(env.get_event(ev))))
     patched = env.kube.patch(NODES, node_name, plan.patch)  # what the crashed run had done
     async with running(env, env.config()) as (mgr, registry, rec):
         obj = await eventually(lambda: (o := env.get_event(ev)) and phase(o) == "Quarantined" and o, what="Quarantined")
