@@ -13,6 +13,7 @@ Otherwise the node is cordoned as in the node scope, and still only the faulty G
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from nvsentinel.policy.handoff import STRATEGY_ANNOTATION
 from nvsentinel.policy.healthevent import DrainScope, HealthEvent, PodRef
 from nvsentinel.xid import Action
 
-__all__ = ["DrainScope", "GpuScope", "NODE_WIDE_ACTIONS", "NODE_WIDE_STRATEGIES", "gpu_scope",
+__all__ = ["DrainScope", "GpuScope", "Fallback", "NODE_WIDE_ACTIONS", "NODE_WIDE_STRATEGIES", "gpu_scope", "refusal",
            "leaves_node_schedulable", "parse_quantity_int"]
 
 #: Recommended actions whose remediation takes the whole node down: the node's every pod must go first.
@@ -39,28 +40,47 @@ class GpuScope:
     resource_name: str = DEFAULT_GPU_RESOURCE
 
 
+class Fallback(enum.StrEnum):
+    """Why a GPU-scoped drain takes the whole node: the `fallback` label of the drain's scope metric (bounded)."""
+
+    NONE = "none"                          # no fallback: the scope asked for is the scope drained
+    NO_GPU = "no-gpu"                      # the event names no GPU
+    NODE_WIDE_ACTION = "node-wide-action"  # its remediation (reboot, replace) takes every GPU's pods anyway
+    NO_MAPPING = "no-mapping"              # the publisher recorded no pod mapping
+    MAPPING_ERROR = "mapping-error"        # the publisher could not read the mapping
+
+
+def refusal(event: HealthEvent) -> tuple[Fallback, str]:
+    """Why the GPU scope cannot apply to `event` (kind, and the words for the status), or (NONE, "")."""
+    if not event.gpu_uuids:
+        return Fallback.NO_GPU, "the event names no GPU"
+    named = (event.annotations.get(STRATEGY_ANNOTATION) or "").strip().lower()
+    if named in NODE_WIDE_STRATEGIES:
+        return Fallback.NODE_WIDE_ACTION, f"remediation strategy {named} acts on the whole node"
+    if not named and event.spec.recommended_action in NODE_WIDE_ACTIONS:
+        return Fallback.NODE_WIDE_ACTION, f"recommended action {event.spec.recommended_action} acts on the whole node"
+    mapping = event.spec.pod_mapping
+    if mapping is None:
+        return Fallback.NO_MAPPING, "the event records no pod mapping (the publisher reads the kubelet's " \
+                                    "PodResources API only with --pod-resources-socket)"
+    if mapping.error:
+        return Fallback.MAPPING_ERROR, f"the pod mapping could not be read: {mapping.error[:200]}"
+    return Fallback.NONE, ""
+
+
 def gpu_scope(event: HealthEvent, scope: str) -> tuple[GpuScope | None, str]:
     """(the GPU scope, "") when it applies to `event`; (None, why not) when the drain must take the whole node
     ("" as the reason when the configured scope is the node's)."""
     if scope != DrainScope.GPU:
         return None, ""
-    gpus = event.gpu_uuids
-    if not gpus:
-        return None, "the event names no GPU"
-    named = (event.annotations.get(STRATEGY_ANNOTATION) or "").strip().lower()
-    if named in NODE_WIDE_STRATEGIES:
-        return None, f"remediation strategy {named} acts on the whole node"
-    if not named and event.spec.recommended_action in NODE_WIDE_ACTIONS:
-        return None, f"recommended action {event.spec.recommended_action} acts on the whole node"
+    kind, why = refusal(event)
+    if kind is not Fallback.NONE:
+        return None, why
     mapping = event.spec.pod_mapping
-    if mapping is None:
-        return None, "the event records no pod mapping (the publisher reads the kubelet's PodResources API only " \
-                     "with --pod-resources-socket)"
-    if mapping.error:
-        return None, f"the pod mapping could not be read: {mapping.error[:200]}"
-    wanted = set(gpus)
+    assert mapping is not None
+    wanted = set(event.gpu_uuids)
     pods = tuple(p for p in mapping.pods if wanted & set(p.devices))
-    return GpuScope(gpus, pods, mapping.resource_name or DEFAULT_GPU_RESOURCE), ""
+    return GpuScope(event.gpu_uuids, pods, mapping.resource_name or DEFAULT_GPU_RESOURCE), ""
 
 
 def parse_quantity_int(raw: Any) -> int | None:

@@ -207,3 +207,66 @@ def test_describe_maintenance_and_metadata():
     assert lines[i].endswith("driver=550.54") and lines[i + 1].strip() == "pci=0000:3b:00.0"
     assert field(out, "CSP") == "aws" and field(out, "Event ID") == "ev-1"
     assert field(out, "Scheduled Start") == "2024-05-02T00:00:00Z" and field(out, "Scheduled End") == "<none>"
+
+
+def test_describe_without_pod_mapping_or_drain_record_prints_neither():
+    """Verify an event without spec.podMapping or status.drain describes as before (no new lines)."""
+    out = display.describe(conditioned(), [], NOW)
+    assert "Pod Mapping" not in out and "Drain:" not in out and "Pods Evicted" not in out
+
+
+def gpu_scoped():
+    o = conditioned()
+    o["spec"]["podMapping"] = {"resourceName": "nvidia.com/gpu", "readAt": "2024-05-01T11:49:00Z", "pods": [
+        {"namespace": "team-a", "name": "train-0", "devices": ["GPU-a"]},
+        {"namespace": "team-b", "name": "infer-1", "devices": ["GPU-a", "GPU-b"]}]}
+    o["status"]["drain"] = {"scope": "gpu", "gpus": ["GPU-a"], "pods": [{"namespace": "team-a", "name": "train-0"}]}
+    return o
+
+
+def test_describe_shows_the_pod_mapping_and_the_drain_record():
+    """Verify describe prints spec.podMapping (resource, read time, pods with their devices) and status.drain
+    (scope, GPUs, fallback reason, pods evicted)."""
+    out = display.describe(gpu_scoped(), [], NOW)
+    lines = out.splitlines()
+    i = lines.index("  Pod Mapping:")
+    assert lines[i + 1].split() == ["Resource:", "nvidia.com/gpu"]
+    assert field(out, "Read At") == "2024-05-01T11:49:00Z (11m ago)"
+    assert lines[i + 3].split() == ["Pods:"] and lines[i + 4].split() == ["Namespace", "Name", "Devices"]
+    assert lines[i + 5].split() == ["team-a", "train-0", "GPU-a"]
+    assert lines[i + 6].split() == ["team-b", "infer-1", "GPU-a,GPU-b"]
+    assert lines.index("Status:") > i
+    j = lines.index("  Drain:")
+    assert j > lines.index("Status:") and j < lines.index("  Conditions:")
+    assert field(out, "Scope") == "gpu" and field(out, "GPUs") == "GPU-a" and field(out, "Fallback Reason") == "<none>"
+    assert lines[j + 4].split() == ["Pods", "Evicted:"] and lines[j + 5].split() == ["Namespace", "Name"]
+    assert lines[j + 6].split() == ["team-a", "train-0"]
+
+
+def test_describe_shows_a_mapping_error_and_a_fallback():
+    """Verify an unreadable mapping shows its error (and no pods), and a fallen-back drain its reason."""
+    o = conditioned()
+    o["spec"]["podMapping"] = {"resourceName": "nvidia.com/gpu", "error": "connection refused", "pods": []}
+    o["status"]["drain"] = {"scope": "node", "gpus": ["GPU-a"], "pods": [],
+                            "reason": "the pod mapping could not be read: connection refused"}
+    out = display.describe(o, [], NOW)
+    assert field(out, "Error") == "connection refused" and field(out, "Read At") == "<none>"
+    assert field(out, "Pods") == "<none>" and field(out, "Scope") == "node"
+    assert field(out, "Fallback Reason") == "the pod mapping could not be read: connection refused"
+    assert field(out, "Pods Evicted") == "<none>"
+
+
+def test_describe_pod_mapping_and_drain_values_are_printable():
+    """Verify values a node's credential wrote (pod names, devices, the error, GPU ids) cannot reach the terminal
+    raw: escape sequences and control characters are removed, an extra line cannot be forged in a table."""
+    o = gpu_scoped()
+    evil = "x\x1b[31mred\x1b[0m\x07"
+    o["spec"]["podMapping"]["error"] = "boom\x1b]0;title\x07"
+    o["spec"]["podMapping"]["pods"][0] = {"namespace": "team-a", "name": evil, "devices": ["GPU-a\r\nFAKE  LINE"]}
+    o["status"]["drain"]["gpus"] = ["GPU-\x1b[2Ja"]
+    o["status"]["drain"]["pods"] = [{"namespace": "ns\x00", "name": evil}]
+    o["status"]["drain"]["reason"] = "why\x1b[1A"
+    out = display.describe(o, [], NOW)
+    assert "\x1b" not in out and "\x07" not in out and "\x00" not in out and "\r" not in out
+    assert not any(ln.strip().startswith("FAKE") for ln in out.splitlines())
+    assert "red" in out and "boom" in out

@@ -238,6 +238,47 @@ def _event_source(ev: Mapping[str, Any]) -> str:
     return _cell(f"{name}, {host}" if name and host else name or host)
 
 
+def _pods(value: Any) -> list[Mapping[str, Any]]:
+    return [p for p in value or () if isinstance(p, Mapping)] if isinstance(value, (list, tuple)) else []
+
+
+def _joined(value: Any) -> str:
+    """A list written by a node (GPU UUIDs, devices) as one value; anything else as it is."""
+    return ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value or "")
+
+
+def _pod_mapping(w: _Writer, mapping: Mapping[str, Any], now: _dt.datetime) -> None:
+    """spec.podMapping: which pods held the event's GPUs, as the node's publisher read them (or why it could not)."""
+    w.line(1, "Pod Mapping:")
+    pods = _pods(mapping.get("pods"))
+    pairs = [("Resource", _text(mapping.get("resourceName"))), ("Read At", _when(mapping.get("readAt"), now))]
+    if mapping.get("error"):
+        pairs.append(("Error", _text(mapping.get("error"))))
+    if not pods:
+        pairs.append(("Pods", NONE))
+    w.block(2, pairs)
+    if pods:
+        w.line(2, "Pods:")
+        w.lines.extend(_table([[_cell(p.get("namespace")), _cell(p.get("name")), _cell(",".join(
+            str(d) for d in p.get("devices") or ()))] for p in pods], ["Namespace", "Name", "Devices"],
+            indent="      "))
+
+
+def _drain(w: _Writer, drain: Mapping[str, Any]) -> None:
+    """status.drain: what the drain stage evicted (the whole node or the pods on the event's GPUs) and any fallback."""
+    w.line(1, "Drain:")
+    pods = _pods(drain.get("pods"))
+    pairs = [("Scope", _text(drain.get("scope"))), ("GPUs", _text(_joined(drain.get("gpus")))),
+             ("Fallback Reason", _text(drain.get("reason")))]
+    if not pods:
+        pairs.append(("Pods Evicted", NONE))
+    w.block(2, pairs)
+    if pods:
+        w.line(2, "Pods Evicted:")
+        w.lines.extend(_table([[_cell(p.get("namespace")), _cell(p.get("name"))] for p in pods],
+                              ["Namespace", "Name"], indent="      "))
+
+
 def describe(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], now: _dt.datetime) -> str:
     """`kubectl describe`-style text: metadata, spec, status with conditions, then related Events."""
     meta, spec, status = _meta(obj), _spec(obj), obj.get("status") or {}
@@ -285,6 +326,9 @@ def describe(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], now: _
                     ("Type", _text(maint.get("maintenanceType"))),
                     ("Scheduled Start", _text(maint.get("scheduledStartTime"))),
                     ("Scheduled End", _text(maint.get("scheduledEndTime")))])
+    mapping = spec.get("podMapping")
+    if isinstance(mapping, Mapping):
+        _pod_mapping(w, mapping, now)
 
     w.line(0, "Status:")
     w.block(1, [
@@ -293,6 +337,9 @@ def describe(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]], now: _
         ("Last Remediation Time", _when(status.get("lastRemediationTime"), now)),
         ("Resolved At", _when(status.get("resolvedAt"), now)),
     ])
+    drain = status.get("drain")
+    if isinstance(drain, Mapping):
+        _drain(w, drain)
     conds = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
     if conds:
         w.line(1, "Conditions:")

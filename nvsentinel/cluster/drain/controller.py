@@ -13,6 +13,13 @@ this drain evicted are remembered (UID), so one whose deletionTimestamp the cach
 not evicted again. A node's evictions run concurrently, at most `EVICT_CONCURRENCY` in flight over
 all nodes.
 
+The scope (`--drain-scope`, `logic.Scope`) is decided when the drain starts and kept with its snapshot; it only
+ever widens (a strategy annotation added later that reboots the node turns a GPU-scoped drain into the node's).
+GPU-scoped, the snapshot takes only the node's pods the event's mapping names: the intersection happens here,
+with the pods indexed under the node, so a mapping naming another node's pod cannot reach it. The drain is
+recorded in `status.drain` (scope, GPUs, pods, fallback reason) with each status write, and counted once, when
+the event leaves Quarantined, in `scope_total{scope,fallback}`.
+
 The status patch carries the resourceVersion it was computed from (a 409 raises, the runtime
 retries), and its answer goes into the shared cache at once (`write_status`). The drain's snapshot
 (key → UID) lives in memory; a new leader takes it afresh from the pods still there, which only
@@ -29,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from prometheus_client import Counter
 
 from nvsentinel.cluster import caches
 from nvsentinel.cluster.drain import logic
@@ -38,7 +46,7 @@ from nvsentinel.k8s.resources import PODS
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer, resource_version_int
 from nvsentinel.k8s.runtime.status import write_outcome
-from nvsentinel.policy.healthevent import HealthEvent, Phase
+from nvsentinel.policy.healthevent import DrainRecord, HealthEvent, Phase
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ class DrainController:
     def __init__(self, config: DrainConfig | None = None) -> None:
         self.config = config or DrainConfig()
         self._snapshots: dict[str, dict[logic.PodKey, dict[str, Any]]] = {}  # event → pods to see gone
+        self._scopes: dict[str, logic.Scope] = {}                  # event → its drain's scope, from the start
         self._tracking: dict[str, str] = {}                        # event → node whose deletions it needs
         self._gone: defaultdict[str, set[str]] = defaultdict(set)  # tracked node → pod UIDs seen deleted
         self._pending: dict[str, int] = {}                         # event → pods left (gauge)
@@ -85,6 +94,10 @@ class DrainController:
         cfg = self.config
         ctx.metrics.declare_actions(ACTIONS)
         self._g_pending = ctx.metrics.gauge("pods_pending", "Pods still to leave nodes being drained")
+        self._c_scope = Counter(f"{ctx.metrics.prefix}_scope_total", "Drains started, by the scope drained and why a "
+                                "GPU scope fell back to the node", ["scope", "fallback"], registry=ctx.metrics.registry)
+        for scope, fallback in logic.SCOPE_LABELS:
+            self._c_scope.labels(scope=str(scope), fallback=str(fallback))
         self._events = caches.healthevents(ctx, cfg.event_selector, by_node=False)
         if cfg.node_selector:
             self._nodes = caches.nodes(ctx, cfg.node_selector)
@@ -159,6 +172,7 @@ class DrainController:
 
     def _forget(self, key: str) -> None:
         self._snapshots.pop(key, None)
+        self._scopes.pop(key, None)
         node = self._tracking.pop(key, None)
         if node is not None and node not in self._tracking.values():
             self._gone.pop(node, None)
@@ -171,13 +185,14 @@ class DrainController:
 
     def _grow(self, key: str, snap: dict[logic.PodKey, dict[str, Any]], pods: list[dict[str, Any]], *,
               complete: bool = False) -> None:
-        """Add the evictable pods not in the snapshot yet; once the pods watch has passed the event's
-        version at drain start (or the pods came from the server), the snapshot is complete."""
+        """Add the evictable pods (of the drain's scope) not in the snapshot yet; once the pods watch has passed
+        the event's version at drain start (or the pods came from the server), the snapshot is complete."""
         fresh = complete
         if not fresh:
             start, seen = self._start_rv.get(key), resource_version_int(self._pods.resource_version)
             fresh = start is not None and seen is not None and seen >= start
-        keep = logic.snapshot(pods, self.config.skip_namespaces)
+        scope = self._scopes.get(key, logic.NODE_SCOPE)
+        keep = logic.snapshot(pods, self.config.skip_namespaces, scope.keys)
         for p in pods:
             k = logic.key_of(p)
             if k in keep and k not in snap:
@@ -205,25 +220,48 @@ class DrainController:
         if self._nodes is not None and self._nodes.get(event.spec.node_name) is None:
             return None  # not a node this instance drains
         now = ctx.now()
+        scope: logic.Scope | None = None
+        record: DrainRecord | None = None
         if rule is logic.Triage.SKIP:
             self._forget(key)
             outcome = logic.skip_outcome(event)
         else:
-            outcome = await self._drain(event, ctx, now)
-        await self._record(event, obj, outcome, ctx, now)
+            scope, outcome, record = await self._drain(event, ctx, now)
+        await self._record(event, obj, outcome, ctx, now, scope=scope, record=record)
         return Result(requeue_after=outcome.requeue_after) if outcome.requeue_after is not None else None
 
-    async def _drain(self, event: HealthEvent, ctx: ControllerContext, now: _dt.datetime) -> logic.Outcome:
+    def _scope(self, event: HealthEvent) -> logic.Scope:
+        """The drain's scope: the one it started with, unless the event now needs the whole node."""
+        current = logic.scope_of(event, self.config)
+        started = self._scopes.get(event.name)
+        if started is None or (started.keys is not None and current.keys is None):
+            if started is not None:  # widened: the node's other pods join the snapshot, seen from now on
+                self._complete.discard(event.name)
+                self._start_rv[event.name] = resource_version_int(event.resource_version)
+            self._scopes[event.name] = current
+            logger.info("drain scope", extra={"kv": {
+                "node": event.spec.node_name, "healthevent": event.name, "scope": str(current.scope),
+                "fallback": str(current.fallback), "gpus": ",".join(current.gpus[:8]),
+                "mapped_pods": len(current.keys) if current.keys is not None else -1, "widened": started is not None}})
+            return current
+        return started
+
+    async def _drain(self, event: HealthEvent, ctx: ControllerContext, now: _dt.datetime
+                     ) -> tuple[logic.Scope, logic.Outcome, DrainRecord | None]:
+        """One pass of the drain: its scope, the outcome, and `status.drain` to write with it."""
         cfg = self.config
         node = event.spec.node_name
         if ctx.dry_run:
+            scope = logic.scope_of(event, cfg)
             pods = await self._list_pods(node, ctx)
-            return logic.dry_run_outcome(event, len(logic.snapshot(pods, cfg.skip_namespaces)))
+            count = len(logic.snapshot(pods, cfg.skip_namespaces, scope.keys))
+            return scope, logic.dry_run_outcome(event, count, scope=scope), None
         snap = self._snapshots.get(event.name)
         if snap is None:
             self._track(event.name, node)  # deletions count from here, before any read of the pods
             self._start_rv[event.name] = resource_version_int(event.resource_version)
             snap = self._snapshots[event.name] = {}
+        scope = self._scope(event)
         if event.name not in self._complete:
             self._grow(event.name, snap, self._pods_on(node))
         left = logic.pending_seen(snap, self._pods_on(node), self._gone.get(node, ()))
@@ -231,15 +269,17 @@ class DrainController:
             # nothing seen to wait for, and the cache cannot prove it saw every pod: ask the server once
             self._grow(event.name, snap, await self._list_pods(node, ctx), complete=True)
             left = logic.pending_seen(snap, self._pods_on(node), self._gone.get(node, ()))
+        record = logic.drain_record(scope, snap, event.status.drain)
         if not left:
             self._forget(event.name)
-            return logic.drained_outcome(event, len(snap))
+            others = logic.others_left(self._pods_on(node), cfg.skip_namespaces, scope)
+            return scope, logic.drained_outcome(event, len(snap), scope=scope, others=others), record
         self._set_pending(event.name, len(left))
         if logic.timed_out(logic.draining_since(event), now, cfg):
             if not cfg.drain_force_delete:
-                return logic.timeout_outcome(event, left, cfg)
+                return scope, logic.timeout_outcome(event, left, cfg, scope=scope), record
             await self._force_delete(event, left, ctx)
-            return logic.draining_outcome(event, left, {}, cfg)
+            return scope, logic.draining_outcome(event, left, {}, cfg, scope=scope), record
         evicted = self._evicted.setdefault(event.name, set())
         blocked: dict[logic.PodKey, str] = {}
         if self._evict_limiter is None:
@@ -271,7 +311,7 @@ class DrainController:
         if blocked:
             logger.info("eviction blocked", extra={"kv": {"node": node, "healthevent": event.name,
                                                           "pods": ",".join("/".join(k) for k in sorted(blocked))}})
-        return logic.draining_outcome(event, left, blocked, cfg)
+        return scope, logic.draining_outcome(event, left, blocked, cfg, scope=scope), record
 
     async def _force_delete(self, event: HealthEvent, left: list[Mapping[str, Any]], ctx: ControllerContext) -> None:
         """Past the timeout with --drain-force-delete: grace 0, with a UID precondition (never a replacement)."""
@@ -287,11 +327,14 @@ class DrainController:
 
     # ---- status -----------------------------------------------------------------------------------
     async def _record(self, event: HealthEvent, obj: dict[str, Any], outcome: logic.Outcome,
-                      ctx: ControllerContext, now: _dt.datetime) -> None:
+                      ctx: ControllerContext, now: _dt.datetime, *, scope: logic.Scope | None = None,
+                      record: DrainRecord | None = None) -> None:
         # progress (only the message moved) is written at most every PROGRESS_INTERVAL: the next pod
         # change or poll (requeue_after) writes it
         recent = time.monotonic() - self._patched_at.get(event.name, -math.inf) < PROGRESS_INTERVAL
-        status = logic.apply_outcome(event, outcome, now)
+        status = logic.drain_status(event, outcome, now, record)
         written = await write_outcome(ctx, event, status, outcome, obj=obj, refresh=not recent)
         if written.obj is not None and status.phase is Phase.DRAINING:
             self._patched_at[event.name] = time.monotonic()
+        if written.obj is not None and scope is not None and logic.starts_drain(event, status):
+            self._c_scope.labels(scope=str(scope.scope), fallback=str(scope.fallback)).inc()
