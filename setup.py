@@ -26,7 +26,12 @@ from setuptools.dist import Distribution
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO_ROOT = HERE / "protos"
 PROTO_OUT = HERE / "nvsentinel" / "_proto"
-PROTOS = ["nvidia/device/v1alpha1/gpu.proto"]
+#: proto file → the flat module stem it is generated as in nvsentinel._proto (the kubelet's file is
+#: api.proto: "api_pb2" says nothing, so it becomes podresources_pb2; its wire package stays v1).
+PROTOS = {
+    "nvidia/device/v1alpha1/gpu.proto": "gpu",
+    "k8s/podresources/v1/api.proto": "podresources",
+}
 MIN_CYTHON = (3, 1)
 
 NO_EXTENSIONS = bool(os.environ.get("NVSENTINEL_NO_EXTENSIONS"))
@@ -47,7 +52,7 @@ def generate_protos() -> None:
 
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
-        for proto in PROTOS:
+        for proto, stem in PROTOS.items():
             args = [
                 "grpc_tools.protoc",
                 f"-I{PROTO_ROOT}",
@@ -59,17 +64,20 @@ def generate_protos() -> None:
             ]
             if protoc.main(args) != 0:
                 raise SystemExit(f"protoc failed for {proto}")
-            src = pathlib.Path(tmp) / pathlib.Path(proto).parent
-            for generated in sorted(src.glob("*_pb2*.py*")):
+            path = pathlib.PurePosixPath(proto)
+            src = pathlib.Path(tmp) / path.parent
+            package = re.escape(".".join(path.parent.parts))
+            for generated in sorted(src.glob(f"{path.stem}_pb2*.py*")):
                 text = generated.read_text()
-                # The generated imports assume protos/ is on sys.path; point them at our package.
+                # The generated imports assume protos/ is on sys.path; point them at our package
+                # and at the flat module name.
                 text = re.sub(
-                    r"^from nvidia\.device\.v1alpha1 import (\w+)",
-                    r"from nvsentinel._proto import \1",
+                    rf"^from {package} import {re.escape(path.stem)}_pb2\b",
+                    f"from nvsentinel._proto import {stem}_pb2",
                     text,
                     flags=re.M,
                 )
-                dest = PROTO_OUT / generated.name
+                dest = PROTO_OUT / (stem + generated.name[len(path.stem):])
                 if not dest.exists() or dest.read_text() != text:
                     dest.write_text(text)
 

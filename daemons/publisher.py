@@ -56,8 +56,14 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel publisher") -> int:
         logger.error("cannot start", extra={"kv": {"error": str(exc)}})
         kube.close()
         return 1
+    pod_resources = None
+    if settings.pod_resources_socket:
+        from nvsentinel.node.podresources import PodResourcesReader
+
+        pod_resources = PodResourcesReader(settings.pod_resources_socket, timeout=settings.pod_resources_timeout,
+                                           resource_name=settings.pod_resources_resource)
     publisher = Publisher(kube, node_name=node, conditions=settings.conditions, debounce=settings.debounce,
-                          catalog=catalog)
+                          catalog=catalog, pod_resources=pod_resources)
     http = PublisherHttp(settings.http_bind_address, settings.health_port, settings.metrics_port,
                          lambda: publisher.ready, publisher.metrics)
     try:
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel publisher") -> int:
         logger.info("publisher started", extra={"kv": {
             "node": node, "address": client.address, "kube": kube.host, "debounce": settings.debounce,
             "conditions": ",".join(publisher.ctx.watched), "health_port": settings.health_port,
-            "metrics_port": settings.metrics_port}})
+            "metrics_port": settings.metrics_port, "pod_resources_socket": settings.pod_resources_socket or "off"}})
         while not done.wait(3600):
             pass
         logger.info("stopping: flushing pending health events", extra={"kv": {"pending": publisher.pending}})

@@ -7,6 +7,7 @@ import re
 import socket
 
 from nvsentinel.node.identity import check_node_daemon
+from nvsentinel.node.podresources import DEFAULT_RESOURCE, DEFAULT_TIMEOUT
 from nvsentinel.policy.conditions import KMSG_HEALTHY, NVML_HEALTHY
 from nvsentinel.service.settings import XID_OVERRIDES_ENV, setting
 
@@ -14,6 +15,8 @@ ENV_PREFIX = "PUBLISHER_"
 DEFAULT_CONDITIONS = (NVML_HEALTHY, KMSG_HEALTHY)
 
 _CONDITION_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
+# an extended resource: a DNS subdomain prefix, a slash, a name (Kubernetes' qualified-name rules, loosely)
+_RESOURCE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def effective_node_name(configured: str) -> str:
@@ -53,6 +56,19 @@ class PublisherSettings:
         "", help="XID site override file (JSON, docs/xid.md); decides isFatal with the catalog", metavar="PATH",
         env=XID_OVERRIDES_ENV,
     )
+    pod_resources_socket: str = setting(
+        "", help="the kubelet's PodResources unix socket (/var/lib/kubelet/pod-resources/kubelet.sock on a node): "
+        "when set, every fatal GPU event records which pods held its GPUs (spec.podMapping, for the drain's GPU "
+        "scope); empty: off", metavar="PATH",
+    )
+    pod_resources_resource: str = setting(
+        DEFAULT_RESOURCE, help="the extended resource whose device ids are GPU UUIDs (the NVIDIA device plugin's)",
+        metavar="NAME",
+    )
+    pod_resources_timeout: float = setting(
+        DEFAULT_TIMEOUT, help="seconds one PodResources read may take before the event is published with "
+        "podMapping.error (the kubelet answers from memory; a stuck one must not hold events up)", metavar="SECONDS",
+    )
     log_format: str = setting("plain", help="plain, full or json")
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR")
 
@@ -68,4 +84,14 @@ class PublisherSettings:
             raise ValueError(f"--kube-qps must be 0..100000, got {self.kube_qps}")
         if not 1 <= self.kube_burst <= 100_000:
             raise ValueError(f"--kube-burst must be 1..100000, got {self.kube_burst}")
+        if self.pod_resources_socket:
+            if not self.pod_resources_socket.startswith("/"):
+                raise ValueError(f"--pod-resources-socket must be an absolute path, got {self.pod_resources_socket!r}")
+            if len(self.pod_resources_socket.encode()) > 107:
+                raise ValueError("--pod-resources-socket must be at most 107 bytes long (a unix socket address)")
+        if not _RESOURCE_NAME.fullmatch(self.pod_resources_resource):
+            raise ValueError(f"--pod-resources-resource must be an extended resource name (domain/name), "
+                             f"got {self.pod_resources_resource!r}")
+        if not 0.05 <= self.pod_resources_timeout <= 30:
+            raise ValueError(f"--pod-resources-timeout must be 0.05..30 seconds, got {self.pod_resources_timeout}")
         check_node_daemon(self.health_port, self.metrics_port, self.node_name, self.log_format, self.log_level)

@@ -29,7 +29,7 @@ from nvsentinel.policy.conditions import (
     UNSPECIFIED_REASON, FaultKind, Reason, ReasonKind, source_of,
 )
 from nvsentinel.policy.healthevent import (
-    ENTITY_GPU, ENTITY_GPU_SERIAL, ENTITY_PCI, Entity, HealthEvent, HealthEventSpec,
+    ENTITY_GPU, ENTITY_GPU_SERIAL, ENTITY_PCI, Entity, HealthEvent, HealthEventSpec, PodMapping,
 )
 from nvsentinel.policy.naming import (
     COMPONENT_CLASS, MAX_NAME, NVSWITCH_CLASS, NVSWITCH_PART, event_labels, event_name, gpu_short, label_value,
@@ -42,7 +42,7 @@ __all__ = [
     "AGENT", "COMPONENT_CLASS", "NVSWITCH_CLASS", "UNKNOWN_REASON", "SOURCES", "RECOVERY_REASONS", "CHECK_XID", "CHECK_ECC", "CHECK_LOST",
     "CHECK_OTHER", "MAX_NAME", "Observed", "FaultKind", "Fault", "GpuView", "Context",
     "source_of", "gpu_short", "event_name", "node_event_name", "label_value", "conditions_of", "gpu_entities",
-    "fatal_event", "healthy_event",
+    "fatal_event", "healthy_event", "mapped_gpus", "with_pod_mapping",
     "observe", "Debouncer", "Pending", "PendingQueue", "backoff_delay",
 ]
 
@@ -221,6 +221,21 @@ def healthy_event(gpu: gpu_pb2.Gpu, trigger: Observed, closed: Sequence[Fault], 
     )
     name = event_name(ctx.node_name, uuid, HEALTHY_IDENTITY, trigger.since)
     return HealthEvent(name=name, spec=spec, labels=event_labels(ctx.node_name, fatal=False, source=source))
+
+
+def mapped_gpus(event: HealthEvent) -> tuple[str, ...]:
+    """The GPUs whose pods `event` records (spec.podMapping, with --pod-resources-socket): the UUIDs of a
+    fatal GPU event; () for a healthy or non-fatal event, and for a node-level (NVSwitch) one, which names
+    no GPU: the drain stage takes those to the whole node anyway."""
+    spec = event.spec
+    if not spec.is_fatal or spec.is_healthy or spec.component_class != COMPONENT_CLASS:
+        return ()
+    return event.gpu_uuids
+
+
+def with_pod_mapping(event: HealthEvent, mapping: PodMapping) -> HealthEvent:
+    """`event` recording which pods held its GPUs (or why that could not be read)."""
+    return dataclasses.replace(event, spec=dataclasses.replace(event.spec, pod_mapping=mapping))
 
 
 # ---- the view of one GPU ----

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -32,9 +32,14 @@ from nvsentinel.node.publisher.config import DEFAULT_CONDITIONS
 from nvsentinel.node.publisher.logic import (
     NVSWITCH_CLASS, Context, Debouncer, GpuView, Pending, PendingQueue, backoff_delay, observe,
 )
+from nvsentinel.node.publisher.podmapping import RESULTS as MAPPING_RESULTS
+from nvsentinel.node.publisher.podmapping import PodMapper
 from nvsentinel.policy.healthevent import HealthEvent, utcnow
 from nvsentinel.service.http import HttpEndpoint, ThreadedHttp, probe_routes
 from nvsentinel.xid import Catalog, default_catalog
+
+if TYPE_CHECKING:
+    from nvsentinel.node.podresources import PodResourcesReader
 
 __all__ = ["Publisher", "PublisherMetrics", "PublisherHttp", "DEFAULT_MAX_PENDING", "DEFAULT_SENDERS"]
 
@@ -68,6 +73,11 @@ class PublisherMetrics:
                                ["kind"], registry=r)
         self.pending = Gauge("nvsentinel_publisher_pending", "events waiting to be created", registry=r)
         self.pending.set_function(pending)
+        self.pod_mapping_reads = Counter(
+            "nvsentinel_publisher_pod_mapping_reads",
+            "fatal GPU events' pod mappings from the kubelet's PodResources API, by result", ["result"], registry=r)
+        for result in MAPPING_RESULTS:
+            self.pod_mapping_reads.labels(result)
         for kind in ("fatal", "healthy"):
             self.published.labels(kind)
             self.dropped.labels(kind)
@@ -110,7 +120,9 @@ class Publisher:
         backoff_initial: float = 0.1,
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pod_resources: PodResourcesReader | None = None,
     ) -> None:
+        """`pod_resources`: record in each fatal GPU event which pods held its GPUs (docs/publisher.md)."""
         if senders < 1:
             raise ValueError("senders must be >= 1")
         self.kube = kube
@@ -135,6 +147,8 @@ class Publisher:
         self._threads: list[threading.Thread] = []
         self._informer: Any = None
         self.metrics = PublisherMetrics(lambda: len(self._queue))
+        self._mapper = None if pod_resources is None else PodMapper(
+            pod_resources, count=lambda result: self.metrics.pod_mapping_reads.labels(result).inc())
 
     # ---- lifecycle ----
 
@@ -255,6 +269,8 @@ class Publisher:
                     inbox, self._inbox = self._inbox, deque()
                     stopping = self._stopping
                     self._judging = 1
+                if self._mapper is not None:
+                    self._mapper.new_pass()  # one kubelet read serves this batch: a burst costs one timeout
                 for gpu in inbox:  # one at a time: a publish opens the window for the next update
                     name, now = gpu.metadata.name, self._clock()
                     with self._cv:
@@ -284,6 +300,8 @@ class Publisher:
         except Exception:  # noqa: BLE001 - one odd GPU object must not stop the publisher
             logger.exception("cannot judge gpu", extra={"kv": {"gpu": name}})
             return
+        if self._mapper is not None:  # outside the lock: a read may take up to its timeout
+            events = [self._mapper.map(e) for e in events]
         with self._cv:
             self._views[name] = view
             events = [e for e in events if self._first_copy(e, name)]
