@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nvsentinel.cluster.conditions.config import NodeConditionsConfig
 from nvsentinel.cluster.drain.config import DrainConfig
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.remediation.config import RemediationConfig
@@ -47,6 +48,14 @@ def _quarantine(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconcil
 
     d: DrainConfig = configs["drain"]
     return QuarantineController(dataclasses.replace(configs["quarantine"], drain_scope=d.drain_scope))
+
+
+def _conditions(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
+    from nvsentinel.cluster.conditions.controller import NodeConditionsController
+
+    q: QuarantineConfig = configs["quarantine"]
+    return NodeConditionsController(dataclasses.replace(configs["conditions"], node_selector=q.node_selector,
+                                                        event_selector=q.event_selector))
 
 
 def _drain(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
@@ -85,6 +94,7 @@ def _ttl(settings: ChainSettings, configs: Mapping[str, Any]) -> Reconciler:
 #: The chain, in order.
 STAGES: tuple[Stage, ...] = (
     Stage("quarantine", _quarantine, QuarantineConfig),
+    Stage("conditions", _conditions, NodeConditionsConfig),
     Stage("drain", _drain, DrainConfig),
     Stage("remediation", _remediation, RemediationConfig),
     Stage("resolution", _resolution, ResolutionConfig),

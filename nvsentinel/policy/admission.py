@@ -48,6 +48,9 @@ class AdmissionRules:
     reboot_image: str = ""
     reboot_command: tuple[str, ...] = ()
     taint_key: str = "nvsentinel.nvidia.com/quarantine"
+    condition_writer: str = ""
+    """the conditions stage's: its nodes/status updates change only conditions of `condition_types`"""
+    condition_types: frozenset[str] = frozenset({"NVSentinelGPUHealthy"})
     max_clock_skew: _dt.timedelta = _dt.timedelta(seconds=60)
     require_gpu_on_healthy: bool = True
 
@@ -56,7 +59,8 @@ class AdmissionRules:
 class Verdict:
     allowed: bool
     rule: str = ""
-    """N1..N7 (node identities), S1 (Node fields), S2 (ConfigMap), S3 (Job template); empty when allowed"""
+    """N1..N7 (node identities), S1 (Node fields), S2 (ConfigMap), S3 (Job template), S4 (Node conditions); empty
+    when allowed"""
     message: str = ""
 
     @classmethod
@@ -96,6 +100,8 @@ def review(request: Mapping[str, Any], node: str | None, now: _dt.datetime, rule
     obj, old = request.get("object"), request.get("oldObject")
     if resource == PLURAL and user in rules.node_identities:
         return _node_event(op, sub, obj, node, now, rules)
+    if resource == "nodes" and sub == "status" and rules.condition_writer and user == rules.condition_writer:
+        return _node_conditions(obj, old, rules)
     if sub:
         return Verdict.allow()
     if resource == "nodes" and op == "UPDATE" and user in rules.node_writers:
@@ -193,6 +199,34 @@ def _node_fields(obj: Mapping[str, Any] | None, old: Mapping[str, Any] | None, r
             return _deny("S1", f"a stage does not change a Node's metadata.{field}")
     if (obj or {}).get("status") != (old or {}).get("status"):
         return _deny("S1", "a stage does not change a Node's status")
+    return Verdict.allow()
+
+
+def _node_conditions(obj: Mapping[str, Any] | None, old: Mapping[str, Any] | None, rules: AdmissionRules) -> Verdict:
+    """A nodes/status update changes only the conditions of our own types: every other condition, every other status
+    field and the Node's labels, annotations, finalizers and ownerReferences stay as they were."""
+    types = ", ".join(sorted(rules.condition_types))
+    new_status, old_status = dict((obj or {}).get("status") or {}), dict((old or {}).get("status") or {})
+
+    def others(status: Mapping[str, Any]) -> list[Any]:
+        return [c for c in status.get("conditions") or [] if not (isinstance(c, Mapping)
+                                                                   and c.get("type") in rules.condition_types)]
+
+    if others(new_status) != others(old_status):
+        return _deny("S4", f"the conditions stage changes only Node conditions of its own types ({types}), no other "
+                           "writer's")
+    new_status.pop("conditions", None)
+    old_status.pop("conditions", None)
+    if new_status != old_status:
+        changed = sorted(k for k in set(new_status) | set(old_status) if new_status.get(k) != old_status.get(k))
+        return _deny("S4", f"the conditions stage changes only status.conditions of a Node, not "
+                           f"status.{', status.'.join(_short(k, 40) for k in changed)}")
+    new_meta, old_meta = _meta(obj), _meta(old)
+    for field in ("labels", "annotations", "ownerReferences", "finalizers"):
+        if new_meta.get(field) != old_meta.get(field):
+            return _deny("S4", f"the conditions stage does not change a Node's metadata.{field}")
+    if (obj or {}).get("spec") != (old or {}).get("spec"):
+        return _deny("S4", "the conditions stage does not change a Node's spec")
     return Verdict.allow()
 
 

@@ -45,4 +45,5 @@ def test_documented_defaults_are_the_real_ones():
     for flag, cell in rows.items():
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {flag} "))
         assert cell in line, (flag, line)
-    assert s.leader_elect is True and s.dry_run is False and s.controllers == ("quarantine", "drain", "remediation", "resolution", "ttl")
+    assert s.leader_elect is True and s.dry_run is False and s.controllers == (
+        "quarantine", "conditions", "drain", "remediation", "resolution", "ttl")

@@ -9,14 +9,15 @@ function (nvsentinel/policy/admission.py):
     node_claim  the node of the caller's bound token (userInfo.extra authentication.kubernetes.io/node-name);
                 None: the token names no node
     operation   CREATE | UPDATE | DELETE
-    kind        healthevents | nodes | configmaps | jobs
+    kind        healthevents | nodes | nodes/status | configmaps | jobs
     object      the object as admission sees it (after defaulting; None for DELETE)
     old_object  the stored object (None for CREATE)
     expect      allow | deny
     rule        the first rule a denial breaks, in RULE_ORDER (None when allowed)
 
 The objects are the real ones: HealthEvents built by the publisher's `observe` and the remediation agent's
-`verification_event`, Node updates made by applying the quarantine and resolution stages' own merge patches,
+`verification_event`, Node updates made by applying the quarantine and resolution stages' own merge patches and
+the conditions stage's strategic merge patch of nodes/status,
 the breaker ConfigMap as the quarantine controller writes it, and reboot Jobs from the remediation stage's
 `job_body`, each with what the API server adds before validating admission (uid, creationTimestamp,
 defaults). Every attack has an allowed counterpart, and an operator (or another identity) doing the same
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nvsentinel._proto import gpu_pb2
+from nvsentinel.cluster.conditions.logic import plan as conditions_plan
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.quarantine.logic import plan_node
 from nvsentinel.cluster.remediation.config import DEFAULT_REBOOT_COMMAND, RemediationConfig
@@ -44,7 +46,7 @@ from nvsentinel.cluster.resolution.logic import plan_release
 from nvsentinel.node.publisher.logic import Context, observe
 from nvsentinel.node.remediation_agent.logic import verification_event
 from nvsentinel.policy.conditions import NVML_HEALTHY, REASON_RECOVERED
-from nvsentinel.policy.healthevent import LABEL_NODE, HealthEvent, format_time
+from nvsentinel.policy.healthevent import LABEL_NODE, HealthEvent, Phase, format_time
 from nvsentinel.policy.naming import label_value
 from nvsentinel.xid import default_catalog
 
@@ -62,6 +64,7 @@ RULES: dict[str, str] = {
     "S1": "quarantine/resolution change only spec.unschedulable, their taint and nvsentinel.nvidia.com/ keys of a Node",
     "S2": "quarantine writes only its breaker ConfigMap <prefix>-circuit-breaker",
     "S3": "remediation creates only reboot Jobs of job_body's shape, image and command",
+    "S4": "the conditions stage changes only Node conditions of its own types (nodes/status), nothing else",
 }
 RULE_ORDER: tuple[str, ...] = tuple(RULES)
 
@@ -91,6 +94,8 @@ class Setup:
     taint_key: str = "nvsentinel.nvidia.com/quarantine"
     max_clock_skew_seconds: int = 60
     require_gpu_on_healthy: bool = True
+    #: controllers.conditions.mirror: off, or external/always (AcceleratedHardwareReady becomes ours to write)
+    mirror: str = "off"
 
     @property
     def breaker_configmap(self) -> str:
@@ -336,6 +341,66 @@ def _node_cases(s: Setup) -> list[dict[str, Any]]:
     ]
 
 
+# ---- Node conditions, as the conditions stage writes them (nodes/status) ----------------------------------------
+
+def _merge_conditions(node: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategic merge of a nodes/status patch's conditions, by `type`, as the API server applies it."""
+    out = copy.deepcopy(dict(node))
+    conds = out["status"]["conditions"]
+    for c in patch["status"]["conditions"]:
+        at = next((i for i, old in enumerate(conds) if old["type"] == c["type"]), None)
+        if at is None:
+            conds.append(copy.deepcopy(c))
+        else:
+            conds[at] = {**conds[at], **c}
+    return out
+
+
+def _condition_cases(s: Setup) -> list[dict[str, Any]]:
+    conditions = user_of(s, "conditions-controller")
+    fatal_ev, _ = _published(NODE)
+    quarantined = dataclasses.replace(fatal_ev, status=dataclasses.replace(fatal_ev.status, phase=Phase.QUARANTINED))
+    node = _node()
+    npd = {"type": "KernelDeadlock", "status": "False", "reason": "KernelHasNoDeadlock",
+           "lastHeartbeatTime": "2026-01-15T09:59:00Z", "lastTransitionTime": "2025-11-02T08:16:10Z"}
+    node["status"]["conditions"].append(npd)
+    ours = conditions_plan(node, [quarantined], "off", CREATED)
+    assert ours.patch is not None
+    unhealthy = _merge_conditions(node, ours.patch)
+    cleared = conditions_plan(unhealthy, [], "off", CREATED + dt.timedelta(hours=1))
+    assert cleared.patch is not None
+    mirrored = conditions_plan(node, [quarantined], "always", CREATED)
+    assert mirrored.patch is not None
+    mirror_rule = None if s.mirror != "off" else "S4"
+
+    def c(name: str, old: Any, new: Any, rule: str | None, *, user: str = conditions) -> dict[str, Any]:
+        return _case(name, user, "UPDATE", "nodes/status", new, old, rule)
+
+    def with_cond(old: dict[str, Any], cond: Mapping[str, Any]) -> dict[str, Any]:
+        return _merge_conditions(old, {"status": {"conditions": [cond]}})
+
+    not_ready = {**node["status"]["conditions"][0], "status": "False", "reason": "KubeletNotReady"}
+    return [
+        c("the conditions stage sets NVSentinelGPUHealthy False (its own patch)", node, unhealthy, None),
+        c("the conditions stage clears NVSentinelGPUHealthy (its own patch)", unhealthy,
+          _merge_conditions(unhealthy, cleared.patch), None),
+        c("the conditions stage writes the AcceleratedHardwareReady mirror", node,
+          _merge_conditions(node, mirrored.patch), mirror_rule),
+        c("the conditions stage marks the node NotReady", node, with_cond(node, not_ready), "S4"),
+        c("the conditions stage removes Node Problem Detector's condition", unhealthy, _edit(unhealthy, {
+            "status": {"conditions": [x for x in unhealthy["status"]["conditions"] if x["type"] != "KernelDeadlock"]}}),
+          "S4"),
+        c("the conditions stage zeroes the GPU capacity", node, _edit(node, {"status": {
+            "capacity": {"nvidia.com/gpu": "0"}, "allocatable": {"nvidia.com/gpu": "0"}}}), "S4"),
+        c("the conditions stage relabels the node through its status", node, _edit(node, {"metadata": {"labels": {
+            "nvidia.com/gpu.present": "false"}}}), "S4"),
+        c("the kubelet updates its node's status", node, with_cond(node, not_ready), None,
+          user=f"system:node:{NODE}"),
+        c("the quarantine controller (not the conditions writer) and a status update", node, unhealthy, None,
+          user=user_of(s, "quarantine-controller")),
+    ]
+
+
 # ---- ConfigMaps, as the quarantine stage writes its breaker --------------------------------------------------
 
 def _configmap(name: str, ns: str, data: Mapping[str, str]) -> dict[str, Any]:
@@ -451,7 +516,8 @@ def _job_cases(s: Setup) -> list[dict[str, Any]]:
 
 def build_cases(setup: Setup = DEFAULT) -> list[dict[str, Any]]:
     """Every case for a chart configuration; names are unique."""
-    cases = _event_cases(setup) + _node_cases(setup) + _configmap_cases(setup) + _job_cases(setup)
+    cases = (_event_cases(setup) + _node_cases(setup) + _condition_cases(setup) + _configmap_cases(setup)
+             + _job_cases(setup))
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases

@@ -124,7 +124,9 @@ ALL_FEATURES: dict[str, Any] = {
         "nvmlProvider": {"mountDriverRoot": True, "ignoredXids": [13, 43], "privileged": True,
                          "resetCommand": "", "extraArgs": ["--wait-timeout-ms=1000"]},
         "kmsgMonitor": {"ignoredXids": [31], "source": "kmsg", "extraArgs": ["--dedup-window=10"]},
-        "publisher": {"debounce": 2.5, "kubeQps": 5, "kubeBurst": 10, "extraArgs": ["--conditions=NvmlHealthy"]},
+        "publisher": {"debounce": 2.5, "kubeQps": 5, "kubeBurst": 10, "extraArgs": ["--conditions=NvmlHealthy"],
+                      "podResources": {"enabled": True, "socketDir": "/var/lib/kubelet/pod-resources/",
+                                       "resourceName": "nvidia.com/gpu-shared"}},
     },
     # the test API server routes nothing to the webhook's Service: Ignore keeps creates working after install
     "admission": {"maxClockSkewSeconds": 30, "webhook": {"replicas": 3, "failurePolicy": "Ignore"}},
@@ -137,8 +139,13 @@ ALL_FEATURES: dict[str, Any] = {
         "extraArgs": ["--resync-period=120"],
         "quarantine": {"breaker": {"percent": 5.5, "maxNodes": 20, "window": 1200},
                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                       "remediationMode": "external",
+                       "remediationModeRules": [{"nodeSelector": "pool=gpu-b", "mode": "approve"},
+                                                {"nodeSelector": "", "mode": "nvsentinel"}],
                        "extraArgs": ["--hold-requeue=10"]},
-        "drain": {"skipNamespaces": ["kube-system", "gpu-operator"], "pdbRetry": 10, "timeout": 1800,
+        "conditions": {"mirror": "always", "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}},
+                       "extraArgs": ["--workers=8"]},
+        "drain": {"scope": "gpu", "skipNamespaces": ["kube-system", "gpu-operator"], "pdbRetry": 10, "timeout": 1800,
                   "forceDelete": True, "gracePeriod": 60, "extraArgs": ["--drain-poll=5"]},
         "remediation": {"rebootImage": "registry.example.com/tools:1", "rebootCommand": "/bin/reboot -f",
                         "rebootJobDeadline": 900, "maxAttempts": 5, "backoff": 60, "gpuResetTimeout": 600,
@@ -152,7 +159,7 @@ ALL_FEATURES: dict[str, Any] = {
                 "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "drainStuckFor": "1h"}},
 }
 
-CONTROLLERS = ("quarantine", "drain", "remediation", "resolution", "ttl")
+CONTROLLERS = ("quarantine", "conditions", "drain", "remediation", "resolution", "ttl")
 
 
 def by_kind(objs: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:

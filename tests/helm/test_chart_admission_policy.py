@@ -43,20 +43,23 @@ from helmchart import Helm, HelmError, by_kind
 
 VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
 KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
-POLICIES = ("node-healthevents", "stage-nodes", "breaker-configmap", "reboot-jobs")
-#: case kind → (API group, resource)
-RESOURCES = {"healthevents": ("nvsentinel.nvidia.com", "healthevents"), "nodes": ("", "nodes"),
-             "configmaps": ("", "configmaps"), "jobs": ("batch", "jobs")}
+POLICIES = ("node-healthevents", "stage-nodes", "breaker-configmap", "reboot-jobs", "node-conditions")
+#: case kind → (API group, resource, subresource); a policy's resourceRules name a subresource as `nodes/status`
+RESOURCES = {"healthevents": ("nvsentinel.nvidia.com", "healthevents", ""), "nodes": ("", "nodes", ""),
+             "nodes/status": ("", "nodes", "status"), "configmaps": ("", "configmaps", ""),
+             "jobs": ("batch", "jobs", "")}
 RULE_ID = re.compile(r"^\[([NS]\d)\] ")
 
 #: A release with every input of the rules changed; a reboot command that only a shell-like split gets right.
 ALT = Setup(namespace="gpu-system", prefix="gpu-health", reboot_image="registry.example.com/tools:1",
             reboot_command="""sh -c 'echo "rebooting $(hostname)" >/dev/kmsg; exec systemctl reboot' -- \\ x""",
-            taint_key="example.com/gpu-broken", max_clock_skew_seconds=5, require_gpu_on_healthy=False)
+            taint_key="example.com/gpu-broken", max_clock_skew_seconds=5, require_gpu_on_healthy=False,
+            mirror="external")
 ALT_VALUES = {
     "fullnameOverride": ALT.prefix,
     "chain": {"taint": {"key": ALT.taint_key}},
-    "controllers": {"remediation": {"rebootImage": ALT.reboot_image, "rebootCommand": ALT.reboot_command}},
+    "controllers": {"remediation": {"rebootImage": ALT.reboot_image, "rebootCommand": ALT.reboot_command},
+                    "conditions": {"mirror": ALT.mirror}},
     "admission": {"mode": "policy", "maxClockSkewSeconds": ALT.max_clock_skew_seconds,
                   "requireGpuOnHealthy": ALT.require_gpu_on_healthy},
 }
@@ -114,8 +117,9 @@ class Policy:
                    [(Expr.of(v["expression"]), v["message"]) for v in spec["validations"]])
 
     def covers(self, kind: str, operation: str) -> bool:
-        group, resource = RESOURCES[kind]
-        return any(group in r["apiGroups"] and resource in r["resources"] and operation in r["operations"]
+        group, resource, sub = RESOURCES[kind]
+        name = f"{resource}/{sub}" if sub else resource
+        return any(group in r["apiGroups"] and name in r["resources"] and operation in r["operations"]
                    for r in self.rules)
 
     def failing(self, activation: dict[str, Any]) -> list[int] | None:
@@ -138,7 +142,7 @@ def _bool(expr: Expr, activation: Mapping[str, Any]) -> bool:
 
 def request_of(case: Mapping[str, Any]) -> dict[str, Any]:
     """The admission request as a policy sees it (`request`); a bound token carries its pod and node."""
-    group, resource = RESOURCES[case["kind"]]
+    group, resource, sub = RESOURCES[case["kind"]]
     meta = (case["object"] or case["old_object"] or {}).get("metadata") or {}
     user: dict[str, Any] = {"username": case["user"], "uid": "4f8d0e1c-1111-4222-8333-944455566677",
                             "groups": ["system:serviceaccounts", "system:authenticated"]}
@@ -147,7 +151,7 @@ def request_of(case: Mapping[str, Any]) -> dict[str, Any]:
                          "authentication.kubernetes.io/pod-uid": ["0c1d2e3f-aaaa-4bbb-8ccc-ddddeeeeffff"],
                          NODE_NAME_CLAIM: [case["node_claim"]]}
     return {"operation": case["operation"], "name": meta.get("name", ""), "namespace": meta.get("namespace", ""),
-            "resource": {"group": group, "version": "v1", "resource": resource}, "subResource": "",
+            "resource": {"group": group, "version": "v1", "resource": resource}, "subResource": sub,
             "userInfo": user, "dryRun": False}
 
 
@@ -230,7 +234,7 @@ def test_policies_render_for_the_mode(helm: Helm, mode: str, capability: bool, r
 def test_default_mode_is_auto(helm: Helm) -> None:
     """Defaults: policies exactly where the server serves the kind."""
     assert not _admission_objects(helm.render())
-    assert len(_admission_objects(helm.render(api_versions=[VAP]))) == 8
+    assert len(_admission_objects(helm.render(api_versions=[VAP]))) == 2 * len(POLICIES)
 
 
 def test_each_policy_is_bound_to_deny(rendered_policy: list[dict[str, Any]]) -> None:
@@ -258,7 +262,7 @@ NEWEST = kubernetes_validate.utils.latest_version()
 def test_policies_validate_strictly(rendered_policy: list[dict[str, Any]], rendered_alt: list[dict[str, Any]],
                                     version: str, which: str) -> None:
     objs = _admission_objects(rendered_policy if which == "defaults" else rendered_alt)
-    assert len(objs) == 8
+    assert len(objs) == 2 * len(POLICIES)
     for obj in objs:
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -310,6 +314,10 @@ def test_the_cases_cover_every_rule_both_ways() -> None:
         assert {c["expect"] for c in CASES if c["kind"] == kind} == {"allow", "deny"}
     # the changed release turns N7 off: its healthy events naming no GPU are allowed there
     assert not any(c["rule"] == "N7" for c in ALT_CASES)
+    # and turns the mirror on: AcceleratedHardwareReady is then the conditions stage's to write
+    mirror = "the conditions stage writes the AcceleratedHardwareReady mirror"
+    assert [c["expect"] for c in CASES if c["name"] == mirror] == ["deny"]
+    assert [c["expect"] for c in ALT_CASES if c["name"] == mirror] == ["allow"]
 
 
 def test_every_validation_alone_denies_some_case(policies: list[Policy]) -> None:
@@ -359,11 +367,12 @@ def test_identities_are_the_charts_service_accounts(rendered_policy: list[dict[s
         f"{p}-stage-nodes": {user_of(setup, "quarantine-controller"), user_of(setup, "resolution-controller")},
         f"{p}-breaker-configmap": {user_of(setup, "quarantine-controller")},
         f"{p}-reboot-jobs": {user_of(setup, "remediation-controller")},
+        f"{p}-node-conditions": {user_of(setup, "conditions-controller")},
     }
     assert set().union(*named.values()) <= sas
     # and the workloads run as them
     deployments = by_kind(objs, "Deployment")
-    for comp in ("quarantine", "resolution", "remediation"):
+    for comp in ("quarantine", "resolution", "remediation", "conditions"):
         dep = deployments[f"{p}-{comp}-controller"]
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == f"{p}-{comp}-controller"
 
@@ -371,7 +380,8 @@ def test_identities_are_the_charts_service_accounts(rendered_policy: list[dict[s
 def test_the_matchconditions_hold_exactly_those_users(policies: list[Policy]) -> None:
     """Evaluated, not read: each policy applies to its own identities and to no other identity of the chart."""
     components = ("publisher", "remediation-agent", "quarantine-controller", "drain-controller",
-                  "remediation-controller", "resolution-controller", "ttl-controller", "admission")
+                  "remediation-controller", "resolution-controller", "ttl-controller", "admission",
+                  "conditions-controller")
     for p in policies:
         applies = set()
         for comp in components:
@@ -397,6 +407,8 @@ def test_setup_is_what_the_controllers_are_started_with(rendered_policy: list[di
     assert (remediation["reboot-image"], remediation["reboot-command"]) == (setup.reboot_image, setup.reboot_command)
     assert quarantine["taint-key"] == resolution["taint-key"] == setup.taint_key
     assert quarantine["breaker-configmap"] == setup.breaker_configmap
+    conditions = _flags(objs, f"{setup.prefix}-conditions-controller")
+    assert conditions["node-condition-mirror"] == setup.mirror
     assert remediation["namespace"] == setup.namespace
 
 

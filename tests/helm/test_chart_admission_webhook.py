@@ -84,7 +84,8 @@ def test_failure_policies_and_rules(helm: Helm) -> None:
     stages = hooks["stages.admission.nvsentinel.nvidia.com"]
     assert stages["failurePolicy"] == "Ignore"
     assert {(tuple(r["resources"]), tuple(r["operations"])) for r in stages["rules"]} == {
-        (("nodes",), ("UPDATE",)), (("configmaps",), ("CREATE", "UPDATE", "DELETE")), (("jobs",), ("CREATE",))}
+        (("nodes",), ("UPDATE",)), (("nodes/status",), ("UPDATE",)), (("configmaps",), ("CREATE", "UPDATE", "DELETE")),
+        (("jobs",), ("CREATE",))}
 
 
 def test_from_1_28_the_webhook_sees_only_our_identities(helm: Helm) -> None:
@@ -95,6 +96,7 @@ def test_from_1_28_the_webhook_sees_only_our_identities(helm: Helm) -> None:
         "request.userInfo.username in ['system:serviceaccount:nvsentinel:nvs-publisher', "
         "'system:serviceaccount:nvsentinel:nvs-remediation-agent']")
     assert "nvs-quarantine-controller" in conds["stages.admission.nvsentinel.nvidia.com"]
+    assert "nvs-conditions-controller" in conds["stages.admission.nvsentinel.nvidia.com"]
 
 
 def test_the_webhook_holds_exactly_the_chart_identities(helm: Helm) -> None:
@@ -106,11 +108,16 @@ def test_the_webhook_holds_exactly_the_chart_identities(helm: Helm) -> None:
     assert f["node-writers"] == f"{sa}quarantine-controller,{sa}resolution-controller"
     assert f["breaker-writer"] == f"{sa}quarantine-controller" and f["breaker-configmap"] == "nvs-circuit-breaker"
     assert f["job-creator"] == f"{sa}remediation-controller"
+    assert f["condition-writer"] == f"{sa}conditions-controller"
+    assert f["condition-types"] == "NVSentinelGPUHealthy", "the mirror is off by default"
+    mirrored = by_kind(helm.render(sets=["controllers.conditions.mirror=external"], kube_version="1.20.2"),
+                       "Deployment")["nvs-admission"]["spec"]["template"]["spec"]["containers"][0]
+    assert flags(mirrored)["condition-types"] == "NVSentinelGPUHealthy,AcceleratedHardwareReady"
     remediation = flags(by_kind(objs, "Deployment")["nvs-remediation-controller"]["spec"]["template"]["spec"]
                         ["containers"][0])
     assert (f["reboot-image"], f["reboot-command"]) == (remediation["reboot-image"], remediation["reboot-command"])
     for name in ("nvs-publisher", "nvs-remediation-agent", "nvs-quarantine-controller", "nvs-resolution-controller",
-                 "nvs-remediation-controller"):
+                 "nvs-remediation-controller", "nvs-conditions-controller"):
         assert name in by_kind(objs, "ServiceAccount")
 
 

@@ -292,3 +292,79 @@ def test_each_device_api_client_runs_with_a_group_of_its_own(rendered: list[dict
     assert set(clients) == {"nvml-provider", "kmsg-monitor", "publisher", "remediation-agent"}
     assert all(uid == 0 for uid, _ in clients.values())
     assert len({gid for _, gid in clients.values()} | {0}) == len(clients) + 1
+
+
+# ---- issue 18: conditions, hand-off modes, the drain's GPU scope -------------------------------------------------
+
+def _controller_flags(objs: list[dict[str, Any]], prefix: str, name: str) -> dict[str, str | bool]:
+    return flags(by_kind(objs, "Deployment")[f"{prefix}-{name}-controller"]["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_conditions_mode_and_scope_flags_by_default(rendered: list[dict[str, Any]]) -> None:
+    conditions = _controller_flags(rendered, "nvs", "conditions")
+    assert conditions["--controllers"] == "conditions" and conditions["--node-condition-mirror"] == "off"
+    quarantine = _controller_flags(rendered, "nvs", "quarantine")
+    assert (quarantine["--remediation-mode"], quarantine["--remediation-mode-rules"]) == ("nvsentinel", "[]")
+    # quarantine decides whether to cordon by the drain's scope: both run with the same one
+    assert quarantine["--drain-scope"] == _controller_flags(rendered, "nvs", "drain")["--drain-scope"] == "node"
+    for other in ("remediation", "resolution", "ttl", "conditions"):
+        assert "--drain-scope" not in _controller_flags(rendered, "nvs", other)
+
+
+def test_conditions_mode_and_scope_flags_from_values(rendered_all: list[dict[str, Any]]) -> None:
+    import json
+
+    from nvsentinel.policy.handoff import parse_mode_rules
+
+    ctl = ALL_FEATURES["controllers"]
+    assert _controller_flags(rendered_all, "gpu-health", "conditions")["--node-condition-mirror"] == "always"
+    quarantine = _controller_flags(rendered_all, "gpu-health", "quarantine")
+    assert quarantine["--remediation-mode"] == "external"
+    rules = str(quarantine["--remediation-mode-rules"])
+    assert json.loads(rules) == ctl["quarantine"]["remediationModeRules"]
+    assert [r.to_dict() for r in parse_mode_rules(rules)] == ctl["quarantine"]["remediationModeRules"]
+    assert quarantine["--drain-scope"] == _controller_flags(rendered_all, "gpu-health", "drain")["--drain-scope"] == "gpu"
+
+
+def _publisher(objs: list[dict[str, Any]], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = by_kind(objs, "DaemonSet")[f"{prefix}-node"]["spec"]["template"]["spec"]
+    (c,) = [c for c in spec["containers"] if c["name"] == "publisher"]
+    return spec, c
+
+
+@pytest.mark.parametrize("sets, on", [
+    ([], False),
+    (["node.publisher.podResources.enabled=true"], True),
+    (["controllers.drain.scope=gpu"], True),     # the GPU scope needs the mapping
+])
+def test_the_publisher_reads_pod_resources_when_asked_or_gpu_scoped(helm: Helm, sets: list[str], on: bool) -> None:
+    spec, c = _publisher(helm.render(sets=sets), "nvs")
+    f = flags(c)
+    mounts = [m for m in c["volumeMounts"] if m["name"] == "pod-resources"]
+    vols = [v for v in spec["volumes"] if v["name"] == "pod-resources"]
+    if not on:
+        assert "--pod-resources-socket" not in f and not mounts and not vols
+        return
+    assert f["--pod-resources-socket"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    assert f["--pod-resources-resource"] == "nvidia.com/gpu"
+    assert mounts == [{"name": "pod-resources", "mountPath": "/var/lib/kubelet/pod-resources", "readOnly": True}]
+    assert vols == [{"name": "pod-resources", "hostPath": {"path": "/var/lib/kubelet/pod-resources",
+                                                           "type": "Directory"}}]
+    # only the publisher sees the kubelet's socket
+    others = [m for x in spec["containers"] if x["name"] != "publisher" for m in x.get("volumeMounts", ())]
+    assert not [m for m in others if m["name"] == "pod-resources"]
+
+
+def test_pod_resources_values_from_all_features(rendered_all: list[dict[str, Any]]) -> None:
+    _, c = _publisher(rendered_all, "gpu-health")
+    f = flags(c)
+    assert f["--pod-resources-socket"] == "/var/lib/kubelet/pod-resources/kubelet.sock"
+    assert f["--pod-resources-resource"] == "nvidia.com/gpu-shared"
+
+
+@pytest.mark.parametrize("bad", [
+    "controllers.conditions.mirror=on", "controllers.drain.scope=pod", "controllers.quarantine.remediationMode=auto",
+    "node.publisher.podResources.socketDir=relative/dir",
+])
+def test_issue18_values_refused(helm: Helm, bad: str) -> None:
+    assert helm.template(sets=[bad], check=False).returncode != 0

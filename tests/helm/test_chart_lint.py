@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 
 import yaml
-from helmchart import ALL_FEATURES, CHART, REPO, Helm
+from helmchart import ALL_FEATURES, CHART, CONTROLLERS, REPO, Helm
 
 
 def test_lint_strict_defaults(helm: Helm) -> None:
@@ -24,7 +24,7 @@ def test_lint_strict_with_everything_off(helm: Helm) -> None:
     """The chart still lints when only the controllers' shared parts are left."""
     off = {"node": {"enabled": False}, "remediationAgent": {"enabled": False},
            "metrics": {"service": {"enabled": False}}, "admission": {"mode": "off"},
-           "controllers": {n: {"enabled": False} for n in ("quarantine", "drain", "remediation", "resolution", "ttl")}}
+           "controllers": {n: {"enabled": False} for n in CONTROLLERS}}
     assert "0 chart(s) failed" in helm.lint(off).stdout
     kinds = {o["kind"] for o in helm.render(off)}
     assert kinds == {"ConfigMap"}, "the policy ConfigMap is all that is left"

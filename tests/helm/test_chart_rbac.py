@@ -37,6 +37,12 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]] | None, set[tuple[str, str, str
         EVERY_CONTROLLER | grant("", ["nodes"], ["get", "list", "watch", "patch"]),
         LEADER_ELECTION | grant("", ["configmaps[nvs-circuit-breaker]"], ["get", "list", "watch", "update", "patch"])
         | grant("", ["configmaps"], ["create"])),  # create cannot be limited by name: admission limits it
+    # reads events (writes none of them) and patches only nodes/status: the only identity that may (admission S4
+    # holds it to its own condition types)
+    "conditions-controller": (
+        grant(HE, ["healthevents"], ["get", "list", "watch"]) | grant("", ["events"], ["create", "get", "patch"])
+        | grant("", ["nodes"], ["get", "list", "watch"]) | grant("", ["nodes/status"], ["patch"]),
+        LEADER_ELECTION),
     "drain-controller": (
         EVERY_CONTROLLER | grant("", ["pods"], ["get", "list", "watch"]) | grant("", ["pods/eviction"], ["create"])
         | grant("", ["nodes"], ["get", "list", "watch"]),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helmchart import CHART, Helm
+from helmchart import CHART, CONTROLLERS, Helm
 
 VALUES = CHART / "values.yaml"
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -121,7 +121,7 @@ def test_more_than_one_replica_needs_leader_election(helm: Helm) -> None:
     assert proc.returncode != 0 and "controllers.replicas=1" in proc.stderr
     objs = helm.render(sets=["controllers.leaderElect=false", "controllers.replicas=1"])
     deployments = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-controller")]
-    assert len(deployments) == 5
+    assert len(deployments) == len(CONTROLLERS)
     assert all("--no-leader-elect" in d["spec"]["template"]["spec"]["containers"][0]["args"] for d in deployments)
     assert not [o for o in objs if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"].endswith("-controller")], \
         "one replica: no budget to keep"

@@ -54,7 +54,7 @@ from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS, JOBS, NAMESPACES,
 
 DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet", True)
 
-CONTROLLERS = ("quarantine", "drain", "remediation", "resolution", "ttl")
+CONTROLLERS = ("quarantine", "conditions", "drain", "remediation", "resolution", "ttl")
 TAINT = "nvsentinel.nvidia.com/quarantine"
 
 
@@ -264,6 +264,14 @@ def test_each_component_does_its_job_with_the_chart_identity_and_nothing_more(
                 return "Deleted"
 
         wait_until(lambda: phase() == "Remediating", what="quarantined, drained, a reboot Job", daemons=daemons)
+
+        def gpu_condition() -> dict | None:
+            conds = (kube.get(NODES, rel.node).get("status") or {}).get("conditions") or []
+            return next((c for c in conds if c["type"] == "NVSentinelGPUHealthy"), None)
+
+        # written through the chart's nodes/status grant and past the webhook's S4 check
+        wait_until(lambda: (c := gpu_condition()) and c["status"] == "False" and c["reason"] == "GpuXid79",
+                   what="NVSentinelGPUHealthy False on the node", daemons=daemons)
         node = kube.get(NODES, rel.node)
         assert node["spec"]["unschedulable"] and any(t["key"] == TAINT for t in node["spec"]["taints"])
         (job,) = wait_until(lambda: kube.list(JOBS, rel.ns)[0], what="the Job in the release namespace",
@@ -274,6 +282,8 @@ def test_each_component_does_its_job_with_the_chart_identity_and_nothing_more(
         daemons = [side.publisher, side.agent, *ctls, rel.webhook]
         wait_until(lambda: phase() in ("Resolved", "Deleted"), what="verified and resolved", daemons=daemons)
         wait_until(lambda: not kube.get(NODES, rel.node)["spec"].get("unschedulable"), what="uncordoned",
+                   daemons=daemons)
+        wait_until(lambda: (c := gpu_condition()) and c["status"] == "True", what="NVSentinelGPUHealthy True again",
                    daemons=daemons)
         wait_until(lambda: phase() == "Deleted", timeout=30, what="deleted by TTL", daemons=daemons)
         logs = "".join(d.text() for d in daemons)
@@ -370,6 +380,12 @@ def test_each_component_does_its_job_with_the_chart_identity_and_nothing_more(
                                                                                    dry_run=True)),
                     ("S3", "remediation: the host's / mounted", lambda: remediation.create(JOBS, evil_mount, pod_ns,
                                                                                           dry_run=True)),
+                    ("S4", "conditions marks a node NotReady", lambda: clients["conditions"].patch(NODES, other, {
+                        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]}},
+                        subresource="status", kind="strategic", dry_run=True)),
+                    ("S4", "conditions zeroes the GPU capacity", lambda: clients["conditions"].patch(NODES, other, {
+                        "status": {"capacity": {"nvidia.com/gpu": "0"}}}, subresource="status", kind="strategic",
+                        dry_run=True)),
                 ]
                 admitted = [f"{rule}: {what}" for rule, what, call in attacks if not denied_by(rule, call)]
                 assert admitted == [], f"admission let through: {admitted}"
@@ -381,6 +397,9 @@ def test_each_component_does_its_job_with_the_chart_identity_and_nothing_more(
                     *taints, {"key": TAINT, "value": "true", "effect": "NoSchedule"}]}, "metadata": {"annotations": {
                         "nvsentinel.nvidia.com/quarantine": "{}"}}}, dry_run=True)
                 remediation.create(JOBS, template, pod_ns, dry_run=True)
+                clients["conditions"].patch(NODES, other, {"status": {"conditions": [{
+                    "type": "NVSentinelGPUHealthy", "status": "False", "reason": "GpuXid79", "message": "x; nvsentinel"}]}},
+                    subresource="status", kind="strategic", dry_run=True)
                 # reads: the agent sees its own node's events through the node view, and nothing of another node's
                 theirs = kube.create(HEALTHEVENTS, attack_event(other))["metadata"]["name"]
                 mine = kube.create(HEALTHEVENTS, attack_event(own))["metadata"]["name"]
@@ -419,5 +438,45 @@ def test_each_component_does_its_job_with_the_chart_identity_and_nothing_more(
         if side is not None:
             side.close()
         delete_nodes(kube, [rel.node])
+        rel.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_only_the_conditions_controller_may_patch_node_status(
+        control_plane: ControlPlane, kube: Kube, crd_installed: None, helm: Helm, unique: str) -> None:
+    """nodes/status is the conditions controller's alone (RBAC, 403 for every other stage), and it may not touch the
+    Node itself. Dry-run: RBAC answers before the write would happen."""
+    tmp = Path(tempfile.mkdtemp(prefix="nvs-cond-", dir="/tmp"))
+    rel = Release(helm, control_plane, kube, unique, tmp)
+    victim = f"cond-victim-{unique}"
+    make_node(kube, victim)
+    clients: dict[str, Kube] = {}
+    try:
+        status = {"status": {"conditions": [{"type": "NVSentinelGPUHealthy", "status": "False", "reason": "GpuXid79",
+                                             "message": "1 open fatal HealthEvent(s): x (XID 79); nvsentinel"}]}}
+        clients = {c: rel.client(f"{rel.name}-{c}-controller") for c in (*CONTROLLERS, "conditions")}
+        cond = clients["conditions"]
+        written = cond.patch(NODES, victim, status, subresource="status", kind="strategic", dry_run=True)
+        assert any(c["type"] == "NVSentinelGPUHealthy" for c in written["status"]["conditions"])
+        assert cond.get(NODES, victim)["metadata"]["name"] == victim  # its informer reads Nodes
+        refused_calls = {
+            **{f"{c}: patch nodes/status": (lambda k=k: k.patch(NODES, victim, status, subresource="status",
+                                                                  kind="strategic", dry_run=True))
+               for c, k in clients.items() if c != "conditions"},
+            "conditions: patch a Node's spec": lambda: cond.patch(NODES, victim, {"spec": {"unschedulable": True}},
+                                                                  dry_run=True),
+            "conditions: patch a Node's labels": lambda: cond.patch(NODES, victim, {"metadata": {"labels": {
+                "x": "y"}}}, dry_run=True),
+            "conditions: patch a HealthEvent's status": lambda: cond.patch(HEALTHEVENTS, "x", {}, subresource="status"),
+            "conditions: delete nodes": lambda: cond.delete(NODES, victim),
+        }
+        allowed = [what for what, call in refused_calls.items() if not refused(call)]
+        assert allowed == [], f"granted beyond the table: {allowed}"
+        assert not (kube.get(NODES, victim)["status"].get("conditions") or [{}])[-1].get("type") == \
+            "NVSentinelGPUHealthy", "dry-run: nothing was written"
+    finally:
+        for k in clients.values():
+            k.close()
+        delete_nodes(kube, [victim])
         rel.close()
         shutil.rmtree(tmp, ignore_errors=True)

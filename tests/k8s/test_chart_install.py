@@ -108,10 +108,11 @@ def test_install_dry_run_and_uninstall(control_plane: ControlPlane, kube: Kube, 
             assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == release
         # the server has no policy/v1 (1.20): the chart asked it and fell back
         pdbs = [o for o in made if o["kind"] == "PodDisruptionBudget"]
-        assert len(pdbs) == 6 and {p["apiVersion"] for p in pdbs} == {"policy/v1beta1"}
+        assert len(pdbs) == 7 and {p["apiVersion"] for p in pdbs} == {"policy/v1beta1"}
         assert sorted(ours(kube, DEPLOYMENTS, ns, release)) == sorted(
             [f"{release}-admission", *(f"{release}-{c}-controller"
-                                       for c in ("quarantine", "drain", "remediation", "resolution", "ttl"))])
+                                       for c in ("quarantine", "conditions", "drain", "remediation", "resolution",
+                                                 "ttl"))])
         assert kube.get(CONFIGMAPS, f"{release}-policy", ns)["data"]["ttlAfterResolved"] == "168h"
 
         # server-side dry-run of a second rendering (server capabilities, another release name):

@@ -18,7 +18,7 @@ from admission_cases import CASES, DEFAULT, Setup, build_cases, user_of  # noqa:
 from nvsentinel.policy.admission import AdmissionRules, review  # noqa: E402
 
 KINDS = {"healthevents": ("nvsentinel.nvidia.com", "v1alpha1"), "nodes": ("", "v1"), "configmaps": ("", "v1"),
-         "jobs": ("batch", "v1")}
+         "jobs": ("batch", "v1"), "nodes/status": ("", "v1")}
 #: a later "now" than any case's creation: N6 must measure against creationTimestamp, not the webhook's clock
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -30,14 +30,18 @@ def rules_for(s: Setup) -> AdmissionRules:
         breaker_writer=user_of(s, "quarantine-controller"), breaker_configmap=s.breaker_configmap,
         job_creator=user_of(s, "remediation-controller"), reboot_image=s.reboot_image,
         reboot_command=tuple(shlex.split(s.reboot_command)), taint_key=s.taint_key,
-        max_clock_skew=dt.timedelta(seconds=s.max_clock_skew_seconds), require_gpu_on_healthy=s.require_gpu_on_healthy)
+        max_clock_skew=dt.timedelta(seconds=s.max_clock_skew_seconds), require_gpu_on_healthy=s.require_gpu_on_healthy,
+        condition_writer=user_of(s, "conditions-controller"),
+        condition_types=frozenset({"NVSentinelGPUHealthy"} | ({"AcceleratedHardwareReady"} if s.mirror != "off"
+                                                              else set())))
 
 
 def request(case: dict[str, Any]) -> dict[str, Any]:
     group, version = KINDS[case["kind"]]
+    resource, _, sub = case["kind"].partition("/")
     obj = case["object"] or case["old_object"] or {}
     return {"uid": "u", "operation": case["operation"], "userInfo": {"username": case["user"]},
-            "resource": {"group": group, "version": version, "resource": case["kind"]},
+            "resource": {"group": group, "version": version, "resource": resource}, "subResource": sub,
             "name": (obj.get("metadata") or {}).get("name"), "object": case["object"], "oldObject": case["old_object"]}
 
 

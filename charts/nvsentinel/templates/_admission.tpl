@@ -59,3 +59,16 @@ compares this with shlex.split.
 {{- end -}}
 {{- toJson $words -}}
 {{- end -}}
+
+{{/*
+The Node condition types the conditions controller writes (admission rule S4), as a JSON list:
+NVSentinelGPUHealthy, and AcceleratedHardwareReady when controllers.conditions.mirror is not off.
+*/}}
+{{- define "nvsentinel.conditionTypes" -}}
+{{- $types := list "NVSentinelGPUHealthy" -}}
+{{- $cfg := (.Values.controllers.conditions | default dict) -}}
+{{- if and $cfg.mirror (ne (toString $cfg.mirror) "off") (ne (toString $cfg.mirror) "false") -}}
+{{- $types = append $types "AcceleratedHardwareReady" -}}
+{{- end -}}
+{{- toJson $types -}}
+{{- end -}}

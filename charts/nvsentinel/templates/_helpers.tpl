@@ -8,7 +8,7 @@ The prefix of every object name: the release name or fullnameOverride, at most 4
 
 {{/* The controllers the chart knows, in chain order. */}}
 {{- define "nvsentinel.controllerNames" -}}
-quarantine drain remediation resolution ttl
+quarantine conditions drain remediation resolution ttl
 {{- end -}}
 
 {{/* Labels every object carries. Call with (dict "root" $ "component" "<component>"). */}}

@@ -44,6 +44,11 @@ class AdmissionSettings:
     reboot_command: str = setting("", help="the reboot Job command the remediation stage is configured with (its "
                                   "--reboot-command; empty: its default)", metavar="CMD")
     taint_key: str = setting(TAINT_KEY, help="the quarantine taint key")
+    condition_writer: str = setting("", help="username whose Node status updates may change only conditions of "
+                                    "--condition-types (the conditions stage)", metavar="USER")
+    condition_types: str = setting("NVSentinelGPUHealthy", help="comma-separated Node condition types the conditions "
+                                   "stage writes (AcceleratedHardwareReady too when its mirror is on)",
+                                   metavar="TYPES")
     max_clock_skew: float = setting(60.0, help="seconds a node's spec.detectedAt may run ahead of the object's "
                                     "creation time")
     require_gpu_on_healthy: bool = setting(True, help="a healthy HealthEvent from a node must name its GPU")
@@ -73,5 +78,6 @@ class AdmissionSettings:
             breaker_writer=self.breaker_writer.strip(), breaker_configmap=self.breaker_configmap,
             job_creator=self.job_creator.strip(), reboot_image=self.reboot_image.strip() or default_reboot_image,
             reboot_command=argv,
-            taint_key=self.taint_key, max_clock_skew=_dt.timedelta(seconds=self.max_clock_skew),
+            taint_key=self.taint_key, condition_writer=self.condition_writer.strip(),
+            condition_types=_users(self.condition_types), max_clock_skew=_dt.timedelta(seconds=self.max_clock_skew),
             require_gpu_on_healthy=self.require_gpu_on_healthy)

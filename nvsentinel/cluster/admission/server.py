@@ -203,8 +203,10 @@ class AdmissionServer:
                 node = self.resolver.node_of(user_info)
             except IdentityUnavailable as exc:
                 return Verdict(False, "E", f"cannot tell which node the caller runs on: {exc}")
-        if resource == "nodes" and request.get("operation") == "UPDATE" and user in self.rules.node_writers \
-                and not request.get("subResource"):
+        sub = request.get("subResource") or ""
+        if resource == "nodes" and request.get("operation") == "UPDATE" and (
+                (user in self.rules.node_writers and not sub)
+                or (sub == "status" and self.rules.condition_writer and user == self.rules.condition_writer)):
             # the Node as stored, read here: kube-apiserver 1.20 sends the updated Node as oldObject too (seen
             # on the test server for PUT and every PATCH type), which would make every change look like none
             obj = request.get("object") or {}
@@ -212,11 +214,12 @@ class AdmissionServer:
                 live = self.resolver.live_node(str(request.get("name") or ""))
             except IdentityUnavailable as exc:
                 return Verdict(False, "E", f"cannot read the Node being changed: {exc}")
+            rule = "S4" if sub else "S1"
             if live is None:
-                return Verdict(False, "S1", "the Node does not exist")
+                return Verdict(False, rule, "the Node does not exist")
             rv = (obj.get("metadata") or {}).get("resourceVersion")
             if rv and rv != (live.get("metadata") or {}).get("resourceVersion"):
-                return Verdict(False, "S1", "the Node changed while this update was checked: retry")
+                return Verdict(False, rule, "the Node changed while this update was checked: retry")
             request = {**request, "oldObject": live}
         try:
             return review(request, node, self.clock(), self.rules)
