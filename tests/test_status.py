@@ -243,12 +243,17 @@ def test_json_shape_is_stable():
     assert doc["time"] == "2024-05-01T12:00:00Z" and doc["selectors"] == {"nodes": "pool=a", "events": "team=b"}
     assert set(doc["nodes"]) == {"total", "gpu", "cordoned", "quarantined", "cordonedByNvsentinel",
                                  "cordonedByOthers", "quarantinedUncordoned", "quarantinedNodes",
-                                 "cordonedByNvsentinelNodes", "cordonedByOthersNodes", "quarantinedUncordonedNodes"}
+                                 "cordonedByNvsentinelNodes", "cordonedByOthersNodes", "quarantinedUncordonedNodes",
+                                 "byOwner", "owners"}
     assert set(doc["breaker"]) == {"state", "storedState", "trippedAt", "resetAt", "reason", "cordoned", "limit",
                                    "gpuNodes", "percent", "maxNodes", "windowSeconds", "nodes", "configMap",
                                    "configMapFound", "heldEvents"}
     assert set(doc["healthEvents"]) == {"total", "open", "byPhase", "resolvedLast24h", "cancelledLast24h",
-                                        "heldByBreaker", "needsHuman"}
+                                        "heldByBreaker", "needsHuman", "awaitingApproval", "handedOff"}
+    assert doc["nodes"]["byOwner"] == {"nvsentinel": 1, "external": 0, "approve": 0}
+    assert doc["nodes"]["owners"] == [{"node": "g00", "owner": "nvsentinel", "scope": "node", "cordon": "nvsentinel",
+                                       "events": 1, "since": ts(1)}]
+    assert doc["healthEvents"]["awaitingApproval"] == [] and doc["healthEvents"]["handedOff"] == []
     assert doc["nodes"]["cordonedByOthersNodes"] == ["other"] and doc["nodes"]["cordoned"] == 2
     assert doc["breaker"]["heldEvents"] == doc["healthEvents"]["heldByBreaker"] == 1
     assert doc["healthEvents"]["needsHuman"] == [{
@@ -282,7 +287,10 @@ def test_text_has_each_block_aligned():
     human = lines.index(next(ln for ln in lines if ln.split()[:2] == ["NAME", "NODE"]))
     assert lines[human].split() == ["NAME", "NODE", "PHASE", "REASON", "WAITING", "AGE"]
     assert lines[human + 1].split() == ["needs-me", "g00", "Drained", "RemediationFailed", "10m", "125m"]
-    assert human + 2 == len(lines)
+    assert lines[human + 2:] == ["Awaiting approval:         none", "Handed off:                none"]
+    owners = lines.index(next(ln for ln in lines if ln.split()[:2] == ["NODE", "OWNER"]))
+    assert lines[owners + 1].split() == ["g00", "nvsentinel", "node", "nvsentinel", "1", "60s"]
+    assert pairs["Owners"] == "nvsentinel 1"
 
 
 def test_text_lists_few_names_and_says_none():
@@ -291,7 +299,8 @@ def test_text_lists_few_names_and_says_none():
     text = status.render(status.summarize(nodes, [], None, now=NOW, configmap_ref="ns/cm"))
     assert "Cordoned by others:      7 (n0, n1, n2, n3, n4, +2 more)" in text
     assert "ns/cm (absent: never tripped)" in text
-    assert text.splitlines()[-1].split(":") == ["Needs a human", "             none"]
+    assert text.splitlines()[-3].split(":") == ["Needs a human", "             none"]
+    assert text.splitlines()[-2:] == ["Awaiting approval:         none", "Handed off:                none"]
     assert "Tripped at" not in text and "Reason" not in text
 
 
@@ -350,3 +359,176 @@ def test_summary_module_reads_no_clock():
     """Verify nvsentinel/cli/views/status.py reads no clock (its imports are an import-linter contract)."""
     path = pathlib.Path(status.__file__)
     assert "utcnow" not in path.read_text() and ".now(" not in path.read_text()
+
+
+# ---- hand-off: who owns each node, what awaits approval, what is handed off ------------------------------
+
+OWNER_LABEL = "nvsentinel.nvidia.com/remediation-owner"
+
+
+def owned(name, *, mode=None, scope=None, cordoned=True, label=None, record_text=None):
+    rec = dict(ours(by_us=cordoned))
+    if mode:
+        rec["mode"] = mode
+    if scope:
+        rec["scope"] = scope
+    n = node(name, cordoned=cordoned, record=record_text if record_text is not None else rec, taint=True)
+    if label:
+        n["metadata"]["labels"][OWNER_LABEL] = label
+    return n
+
+
+def test_each_quarantined_node_names_its_owner_and_scope():
+    """Verify the owner is the ownership record's mode (the label only when the record is unreadable), the scope
+    the record's, the cordon whose, and that unquarantined nodes are not listed."""
+    nodes = [owned("a"), owned("b", mode="external", label="external"), owned("c", mode="approve", label="approve"),
+             owned("d", scope="gpu", cordoned=False), owned("e", label="external", record_text="{bad"),
+             owned("f", record_text="{bad"), node("plain")]
+    s = status.summarize_nodes(nodes)
+    got = {o.node: (o.owner, o.scope, o.cordon, o.events) for o in s.owners}
+    assert got == {"a": ("nvsentinel", "node", "nvsentinel", 1), "b": ("external", "node", "nvsentinel", 1),
+                   "c": ("approve", "node", "nvsentinel", 1), "d": ("nvsentinel", "gpu", "none", 1),
+                   "e": ("external", "?", "others", 0), "f": ("?", "?", "others", 0)}
+    assert s.by_owner == {"nvsentinel": 2, "external": 2, "approve": 1, "?": 1}
+    assert [o.node for o in s.owners] == ["a", "b", "c", "d", "e", "f"]
+
+
+def approve_wait(name, *, action="RESTART_BM", strategy=None, created=30, waiting=5, phase="Drained",
+                 reason="AwaitingApproval", status_="False"):
+    e = event(name, phase, created=created, conditions=[("Remediated", status_, reason, waiting)])
+    e["spec"]["recommendedAction"] = action
+    e["status"]["remediationMode"] = "approve"
+    if strategy:
+        e["metadata"]["annotations"] = {"nvsentinel.nvidia.com/remediation-strategy": strategy}
+    return e
+
+
+def handed(name, phase="Quarantined", *, action="RESTART_BM", created=20):
+    e = event(name, phase, created=created, conditions=[("Remediated", "False", "HandedOff", created)])
+    e["spec"]["recommendedAction"] = action
+    e["status"]["remediationMode"] = "external"
+    return e
+
+
+def test_awaiting_approval_lists_what_would_run_and_the_command():
+    """Verify Drained + Remediated False AwaitingApproval is listed (not as needing a human) with the strategy that
+    would run (annotation first), its waiting time and `nvsentinel approve NAME`; other states are not."""
+    a = status.awaiting_approval(approve_wait("x", action="REPLACE_VM"))
+    assert a is not None
+    assert (a.name, a.node, a.would_run, a.command) == ("x", "n1", "terminate", "nvsentinel approve x")
+    assert a.since == NOW - dt.timedelta(minutes=5) and a.created == NOW - dt.timedelta(minutes=30)
+    assert status.awaiting_approval(approve_wait("y", strategy="gpu-reset")).would_run == "gpu-reset"
+    for other in (approve_wait("z", phase="Remediating"), approve_wait("z", status_="True"),
+                  approve_wait("z", reason="RemediationInProgress")):
+        assert status.awaiting_approval(other) is None
+    assert status.needs_human(approve_wait("x")) is None
+
+
+def test_handed_off_events_are_counted_with_the_recommended_action():
+    """Verify open events of mode external are listed (oldest first) with the recommended action; closed ones not."""
+    objs = [handed("h-new", created=5), handed("h-old", action="REPLACE_VM", created=50),
+            handed("h-done", "Resolved"), approve_wait("w-1", created=40), approve_wait("w-2", created=45)]
+    e = status.summarize_events(objs, NOW)
+    assert [(h.name, h.phase, h.action) for h in e.handed_off] == [("h-old", "Quarantined", "REPLACE_VM"),
+                                                                     ("h-new", "Quarantined", "RESTART_BM")]
+    assert [a.name for a in e.awaiting_approval] == ["w-2", "w-1"] and e.needs_human == ()
+
+
+def test_json_and_text_show_owners_approvals_and_hand_offs():
+    """Verify -o json carries byOwner/owners, awaitingApproval and handedOff, and the text their tables."""
+    nodes = [owned("n1", mode="approve", label="approve"), owned("n2", mode="external", label="external")]
+    events = [approve_wait("wait-me"), handed("given", created=20)]
+    events[1]["spec"]["nodeName"] = "n2"
+    s = status.summarize(nodes, events, None, now=NOW, configmap_ref="ns/cm")
+    doc = status.to_json(s)
+    assert doc["nodes"]["byOwner"] == {"nvsentinel": 0, "external": 1, "approve": 1}
+    assert [(o["node"], o["owner"], o["scope"]) for o in doc["nodes"]["owners"]] == [("n1", "approve", "node"),
+                                                                                    ("n2", "external", "node")]
+    assert doc["healthEvents"]["awaitingApproval"] == [{
+        "name": "wait-me", "node": "n1", "wouldRun": "reboot", "created": ts(30), "since": ts(5),
+        "approve": "nvsentinel approve wait-me"}]
+    assert doc["healthEvents"]["handedOff"] == [{"name": "given", "node": "n2", "phase": "Quarantined",
+                                                 "action": "RESTART_BM", "created": ts(20)}]
+    lines = status.render(s).splitlines()
+    assert "  Owners:                  external 1, approve 1" in lines
+    at = lines.index("Awaiting approval:         1")
+    assert lines[at + 1].split() == ["NAME", "NODE", "WOULD", "RUN", "WAITING", "AGE", "TO", "APPROVE"]
+    assert lines[at + 2].split() == ["wait-me", "n1", "reboot", "5m", "30m", "nvsentinel", "approve", "wait-me"]
+    at = lines.index("Handed off:                1 (remediation mode external)")
+    assert lines[at + 2].split() == ["given", "n2", "Quarantined", "RESTART_BM", "20m"]
+    owners = lines.index(next(ln for ln in lines if ln.split()[:2] == ["NODE", "OWNER"]))
+    assert [ln.split()[:3] for ln in lines[owners + 1:owners + 3]] == [["n1", "approve", "node"],
+                                                                       ["n2", "external", "node"]]
+
+
+# ---- `nvsentinel approve|reject`: what may be written, and what the operator is told -----------------------
+
+def decided(phase="Drained", *, mode="approve", approval=None, by="alice", fatal=True, healthy=False,
+            reason="AwaitingApproval", action="RESTART_BM"):
+    from nvsentinel.policy.handoff import APPROVAL_ANNOTATION, APPROVAL_BY_ANNOTATION
+
+    e = event("ev", phase, conditions=[("Remediated", "False", reason, 5)] if reason else ())
+    e["spec"].update(isFatal=fatal, isHealthy=healthy, recommendedAction=action)
+    if mode:
+        e["status"]["remediationMode"] = mode
+    if approval:
+        e["metadata"]["annotations"] = {APPROVAL_ANNOTATION: approval, APPROVAL_BY_ANNOTATION: by}
+    return e
+
+
+@pytest.mark.parametrize(("obj", "decision", "force", "refusal"), [
+    (decided("Resolved"), "approved", False, "healthevent ev is Resolved: it is closed, nothing to approve"),
+    (decided("Cancelled"), "rejected", True, "healthevent ev is Cancelled: it is closed, nothing to reject"),
+    (decided(healthy=True), "approved", False, "healthevent ev is not a fatal fault: nothing to approve"),
+    (decided(fatal=False), "rejected", False, "healthevent ev is not a fatal fault: nothing to reject"),
+    (decided("Remediating"), "rejected", True, "healthevent ev is Remediating: its reboot is under way and is not "
+     "abandoned halfway; wait until it is Remediated (a healthy event then resolves it)"),
+    (decided(approval="rejected"), "approved", False,
+     "healthevent ev was already rejected by alice; pass --force to approve it instead"),
+    (decided(approval="approved", by="bob"), "rejected", False,
+     "healthevent ev was already approved by bob; pass --force to reject it instead"),
+])
+def test_decisions_the_cli_refuses(obj, decision, force, refusal):
+    """Verify the one-line refusals: closed, not a fault, a running remediation's rejection, the other decision."""
+    from nvsentinel.cli.views import approval
+
+    assert approval.check(obj, decision, force=force) == approval.Check(refusal=refusal)
+
+
+def test_decisions_the_cli_writes_with_or_without_a_warning():
+    """Verify --force overrides the other decision, the same decision is written again, and another mode warns."""
+    from nvsentinel.cli.views import approval
+
+    assert approval.check(decided(approval="rejected"), "approved", force=True) == approval.Check()
+    assert approval.check(decided(approval="approved"), "approved") == approval.Check()
+    assert approval.check(decided("Remediating"), "approved") == approval.Check()  # harmless
+    warn = approval.check(decided("Quarantined", mode="nvsentinel"), "approved").warning
+    assert warn == "healthevent ev is in remediation mode nvsentinel, not approve: it does not wait for an " \
+                   "approval (recorded as a pre-approval, harmless)"
+    warn = approval.check(decided("New", mode=None), "rejected").warning
+    assert warn.startswith("healthevent ev is in remediation mode not decided yet (not quarantined), not approve: "
+                           "rejecting cancels it all the same")
+
+
+def test_decision_annotations_and_next_step():
+    """Verify the written annotations (a missing reason removes the old one) and the one line said after."""
+    from nvsentinel.cli.views import approval
+
+    assert approval.annotations("approved", " alice \n", "") == {
+        "nvsentinel.nvidia.com/approval": "approved", "nvsentinel.nvidia.com/approval-by": "alice",
+        "nvsentinel.nvidia.com/approval-reason": None}
+    assert approval.annotations("rejected", "", "a\tb")["nvsentinel.nvidia.com/approval-reason"] == "a b"
+    assert approval.next_step(decided(), "approved") == \
+        "approved healthevent ev: the remediation controller starts its reboot of node n1 now"
+    assert approval.next_step(decided("Quarantined", reason=None), "approved") == \
+        "approved healthevent ev: its reboot of node n1 starts without waiting once it is drained " \
+        "(phase Quarantined now)"
+    assert approval.next_step(decided(mode="nvsentinel", action="REPLACE_VM"), "approved") == \
+        "approved healthevent ev (pre-approval): if it ever waits for approval, its terminate starts at once"
+    assert approval.next_step(decided(action="CONTACT_SUPPORT"), "approved") == \
+        "approved healthevent ev: its strategy is manual, which nvsentinel never runs by itself"
+    assert approval.next_step(decided("Remediating"), "approved").endswith("already started (phase Remediating): "
+                                                                          "nothing changes")
+    assert approval.next_step(decided(), "rejected") == \
+        "rejected healthevent ev: the resolution controller cancels it (Resolved False Rejected) and releases node " \
+        "n1 once no other fault holds it"

@@ -15,7 +15,7 @@ __all__ = ["Requirement", "Selector", "parse_selector"]
 _KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                   r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_SET = re.compile(r"^(?P<key>[^\s!=()]+)\s+(?P<op>in|notin)\s+\((?P<values>[^()]*)\)$")
+_SET = re.compile(r"^(?P<key>[^\s!=()]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +82,8 @@ def _requirement(part: str) -> Requirement:
     m = _SET.match(part)
     if m:
         values = frozenset(_value(v.strip()) for v in m["values"].split(","))
+        if not m["values"].strip():
+            raise ValueError(f"{m['op']} needs at least one value")
         return Requirement(_key(m["key"]), m["op"], values)
     for op, name in (("!=", "notin"), ("==", "in"), ("=", "in")):
         if op in part:

@@ -175,3 +175,20 @@ def test_pending_seen_trusts_only_seen_deletions_not_a_lagging_cache() -> None:
     assert [logic.key_of(p)[1] for p in left] == ["a", "d"]  # b deleted, c replaced, d not in the cache yet
     assert left[0]["metadata"].get("deletionTimestamp")  # the cache's (newer) copy of a
     assert logic.pending_seen(start, [], gone={"uid-a", "uid-b", "uid-c", "uid-d"}) == []
+
+
+@pytest.mark.parametrize("phase", [Phase.QUARANTINED, Phase.DRAINING])
+def test_triage_leaves_a_handed_off_event_to_the_external_repairer(phase: Phase) -> None:
+    """Verify an event in remediation mode external is never drained (the repairer drains), whatever its phase,
+    while the same event in modes nvsentinel and approve is drained."""
+    from nvsentinel.policy.healthevent import RemediationMode
+
+    for mode, expected in ((RemediationMode.EXTERNAL, logic.Triage.IGNORE),
+                           (RemediationMode.APPROVE, logic.Triage.DRAIN),
+                           (RemediationMode.NVSENTINEL, logic.Triage.DRAIN)):
+        ev = event(phase=phase)
+        ev = dataclasses.replace(ev, status=dataclasses.replace(ev.status, remediation_mode=str(mode)))
+        assert logic.triage(ev) is expected, mode
+    ev = event(phase=phase, skip=True)  # not even a drain skip: it is not ours to write
+    ev = dataclasses.replace(ev, status=dataclasses.replace(ev.status, remediation_mode="external"))
+    assert logic.triage(ev) is logic.Triage.IGNORE

@@ -146,7 +146,10 @@ def test_json_counts_nodes_breaker_and_events(world):
     assert doc["nodes"] == {
         "total": 11, "gpu": 10, "cordoned": 3, "quarantined": 2, "cordonedByNvsentinel": 2, "cordonedByOthers": 1,
         "quarantinedUncordoned": 0, "quarantinedNodes": world.ours, "cordonedByNvsentinelNodes": world.ours,
-        "cordonedByOthersNodes": [world.other], "quarantinedUncordonedNodes": []}
+        "cordonedByOthersNodes": [world.other], "quarantinedUncordonedNodes": [],
+        "byOwner": {"nvsentinel": 2, "external": 0, "approve": 0},
+        "owners": [{"node": n, "owner": "nvsentinel", "scope": "node", "cordon": "nvsentinel", "events": 1,
+                    "since": format_time(world.now)} for n in world.ours]}
     b = doc["breaker"]
     assert (b["state"], b["cordoned"], b["limit"], b["gpuNodes"], b["windowSeconds"]) == ("Tripped", 2, 1, 10, 600)
     assert b["nodes"] == world.ours and b["heldEvents"] == 1
@@ -160,6 +163,7 @@ def test_json_counts_nodes_breaker_and_events(world):
     assert humans == [(world.name["manual"], world.ours[1], "Drained", "Remediated", "ManualRemediationRequired"),
                       (world.name["blocked"], world.ours[0], "Draining", "PodsDrained", "DrainTimeout")]
     assert e["needsHuman"][0]["message"] == "ManualRemediationRequired by test"
+    assert e["awaitingApproval"] == [] and e["handedOff"] == []
 
 
 def test_table_is_one_screen(world):
@@ -182,10 +186,15 @@ def test_table_is_one_screen(world):
     at = lines.index("  New   Quarantined   Draining   Drained   Remediating   Remediated")
     assert lines[at + 1].split() == ["1", "1", "1", "1", "1", "0"]
     head = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["NAME", "NODE"])
-    assert [ln.split()[:4] for ln in lines[head + 1:]] == [
+    assert [ln.split()[:4] for ln in lines[head + 1:head + 3]] == [
         [world.name["manual"], world.ours[1], "Drained", "ManualRemediationRequired"],
         [world.name["blocked"], world.ours[0], "Draining", "DrainTimeout"]]
-    assert all(ln.split()[4].endswith("s") for ln in lines[head + 1:])  # waiting seconds: just written
+    assert all(ln.split()[4].endswith("s") for ln in lines[head + 1:head + 3])  # waiting seconds: just written
+    assert lines[head + 3:] == ["Awaiting approval:         none", "Handed off:                none"]
+    assert value["Owners"] == "nvsentinel 2"
+    owners = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["NODE", "OWNER"])
+    assert [ln.split()[:4] for ln in lines[owners + 1:owners + 3]] == [
+        [n, "nvsentinel", "node", "nvsentinel"] for n in world.ours]
 
 
 def test_absent_breaker_configmap_reads_closed(world, kube):

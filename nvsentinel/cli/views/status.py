@@ -5,7 +5,8 @@ passed in, and returns a summary, its JSON document and its text. No client, no 
 count and line is unit-tested. Raw dicts, not the typed model: one odd object degrades to a count
 instead of failing the whole screen. The rules are the controllers' own (imported, not copied):
 the ownership record and GPU test of quarantine, the breaker's window and limit, the reasons that
-park an event for a human in remediation.
+park an event for a human in remediation, and who remediates each node (its remediation mode: nvsentinel,
+external, approve).
 """
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from nvsentinel.cli.views import display
+from nvsentinel.cli.views.approval import would_run
+from nvsentinel.cluster.ownership import OWNER_LABEL
 from nvsentinel.cluster.quarantine.config import TAINT_KEY, QuarantineConfig
 from nvsentinel.cluster.quarantine.logic import ANNOTATION, breaker_report, is_gpu_node, ownership_of
-from nvsentinel.cluster.remediation.logic import HELD_REASONS
+from nvsentinel.cluster.remediation.logic import AWAITING_APPROVAL, HELD_REASONS
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState
-from nvsentinel.policy.healthevent import ConditionType, Phase, format_time, parse_time
+from nvsentinel.policy.healthevent import ConditionType, Phase, RemediationMode, format_time, parse_time
 from nvsentinel.service.sanitize import printable
 
 __all__ = [
     "OPEN_PHASES", "RECENT", "DRAIN_HELD_REASONS", "BREAKER_HELD_REASON", "NodeSummary", "Human", "EventSummary",
     "Summary", "summarize_nodes", "needs_human", "finished_at", "summarize_events", "breaker_policy", "summarize",
-    "to_json", "render",
+    "to_json", "render", "NodeOwner", "owner_of", "Awaiting", "awaiting_approval", "HandedOff", "handed_off",
 ]
 
 #: The phases a HealthEvent is still in the chain in, in chain order (Resolved/Cancelled are done).
@@ -62,6 +65,36 @@ def _stamp(t: _dt.datetime | None) -> str:
 # ---- nodes -----------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NodeOwner:
+    """Who remediates one quarantined node, and how far the quarantine reaches."""
+
+    node: str
+    owner: str
+    """the remediation mode: nvsentinel, external, approve ("?" when neither the record nor the label says)"""
+    scope: str
+    """node (cordoned) or gpu (only the faulty GPUs' pods drained; "?" with a damaged record)"""
+    cordon: str
+    """nvsentinel | others | none: whose cordon the node has"""
+    events: int
+    """HealthEvents the record names"""
+    since: _dt.datetime | None
+
+
+def owner_of(node: Mapping[str, Any]) -> NodeOwner:
+    """The node's owner: the ownership record's mode (the quarantine stage's decision), else `OWNER_LABEL`."""
+    try:
+        own = ownership_of(node)
+    except ValueError:
+        own = None
+    label = str((_meta(node).get("labels") or {}).get(OWNER_LABEL) or "")
+    cordoned = bool((node.get("spec") or {}).get("unschedulable"))
+    cordon = ("nvsentinel" if own is not None and own.cordoned_by_us else "others") if cordoned else "none"
+    if own is None:
+        return NodeOwner(_name(node), label or "?", "?", cordon, 0, None)
+    return NodeOwner(_name(node), own.mode, own.scope, cordon, len(own.events), own.since)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NodeSummary:
     """Counts over the selected Nodes; name lists are sorted.
 
@@ -81,6 +114,16 @@ class NodeSummary:
     """cordoned, and not by nvsentinel"""
     quarantined_uncordoned: tuple[str, ...] = ()
     """quarantined but schedulable: an operator uncordoned it while nvsentinel still holds it"""
+    owners: tuple[NodeOwner, ...] = ()
+    """each quarantined node's owner and scope, by name"""
+
+    @property
+    def by_owner(self) -> dict[str, int]:
+        """Quarantined nodes per owner: every mode, zeros included."""
+        out = {str(m): 0 for m in RemediationMode}
+        for o in self.owners:
+            out[o.owner] = out.get(o.owner, 0) + 1
+        return out
 
 
 def _ours(node: Mapping[str, Any]) -> bool:
@@ -98,6 +141,7 @@ def summarize_nodes(nodes: Iterable[Mapping[str, Any]], *, taint_key: str = TAIN
     by_us: list[str] = []
     others: list[str] = []
     uncordoned: list[str] = []
+    owners: list[NodeOwner] = []
     for node in nodes:
         total += 1
         gpu += is_gpu_node(node)
@@ -109,6 +153,7 @@ def summarize_nodes(nodes: Iterable[Mapping[str, Any]], *, taint_key: str = TAIN
             isinstance(t, Mapping) and t.get("key") == taint_key for t in spec.get("taints") or ())
         if held:
             quarantined.append(name)
+            owners.append(owner_of(node))
             if not is_cordoned:
                 uncordoned.append(name)
         if is_cordoned:
@@ -116,7 +161,8 @@ def summarize_nodes(nodes: Iterable[Mapping[str, Any]], *, taint_key: str = TAIN
             (by_us if _ours(node) else others).append(name)
     return NodeSummary(total=total, gpu=gpu, cordoned=cordoned, quarantined=tuple(sorted(quarantined)),
                        cordoned_by_nvsentinel=tuple(sorted(by_us)), cordoned_by_others=tuple(sorted(others)),
-                       quarantined_uncordoned=tuple(sorted(uncordoned)))
+                       quarantined_uncordoned=tuple(sorted(uncordoned)),
+                       owners=tuple(sorted(owners, key=lambda o: o.node)))
 
 
 # ---- HealthEvents ----------------------------------------------------------------------------------
@@ -170,6 +216,58 @@ def needs_human(obj: Mapping[str, Any]) -> Human | None:
                  created=_time(_meta(obj).get("creationTimestamp")), since=_time(cond.get("lastTransitionTime")))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Awaiting:
+    """One event the remediation stage holds until an operator approves it (remediation mode approve)."""
+
+    name: str
+    node: str
+    would_run: str
+    """the strategy that starts once approved: reboot, terminate, gpu-reset"""
+    created: _dt.datetime | None
+    since: _dt.datetime | None
+
+    @property
+    def command(self) -> str:
+        return f"nvsentinel approve {self.name}"
+
+
+def awaiting_approval(obj: Mapping[str, Any]) -> Awaiting | None:
+    """Drained with `Remediated False AwaitingApproval`; None otherwise."""
+    if _phase(obj) != Phase.DRAINED:
+        return None
+    cond = _held(obj, ConditionType.REMEDIATED, frozenset({AWAITING_APPROVAL}))
+    if cond is None:
+        return None
+    return Awaiting(name=_name(obj), node=str((obj.get("spec") or {}).get("nodeName") or ""),
+                    would_run=would_run(obj), created=_time(_meta(obj).get("creationTimestamp")),
+                    since=_time(cond.get("lastTransitionTime")))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandedOff:
+    """One open event another system repairs (remediation mode external)."""
+
+    name: str
+    node: str
+    phase: str
+    action: str
+    """what nvsentinel recommends (spec.recommendedAction)"""
+    created: _dt.datetime | None
+
+
+def handed_off(obj: Mapping[str, Any]) -> HandedOff | None:
+    """An open event whose `status.remediationMode` is external; None otherwise."""
+    phase = _phase(obj)
+    if phase in (Phase.RESOLVED, Phase.CANCELLED) or \
+            (obj.get("status") or {}).get("remediationMode") != RemediationMode.EXTERNAL:
+        return None
+    spec = obj.get("spec") or {}
+    return HandedOff(name=_name(obj), node=str(spec.get("nodeName") or ""), phase=phase,
+                     action=str(spec.get("recommendedAction") or ""),
+                     created=_time(_meta(obj).get("creationTimestamp")))
+
+
 def finished_at(obj: Mapping[str, Any]) -> _dt.datetime | None:
     """When a finished event finished: `resolvedAt`; else (a cancel sets none) its latest condition
     change; else its creation."""
@@ -192,6 +290,10 @@ class EventSummary:
     held_by_breaker: int = 0
     needs_human: tuple[Human, ...] = ()
     """oldest first"""
+    awaiting_approval: tuple[Awaiting, ...] = ()
+    """oldest first"""
+    handed_off: tuple[HandedOff, ...] = ()
+    """oldest first"""
 
     @property
     def open(self) -> int:
@@ -203,6 +305,8 @@ def summarize_events(objs: Iterable[Mapping[str, Any]], now: _dt.datetime, *,
     by_phase = {str(p): 0 for p in Phase}
     total = resolved = cancelled = held = 0
     humans: list[Human] = []
+    waiting: list[Awaiting] = []
+    handed: list[HandedOff] = []
     start = now - recent
     for obj in objs:
         total += 1
@@ -219,10 +323,17 @@ def summarize_events(objs: Iterable[Mapping[str, Any]], now: _dt.datetime, *,
             held += 1
         elif (human := needs_human(obj)) is not None:
             humans.append(human)
+        elif (awaiting := awaiting_approval(obj)) is not None:
+            waiting.append(awaiting)
+        if (off := handed_off(obj)) is not None:
+            handed.append(off)
     far = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
     humans.sort(key=lambda h: (h.created or far, h.name))
+    waiting.sort(key=lambda a: (a.created or far, a.name))
+    handed.sort(key=lambda h: (h.created or far, h.name))
     return EventSummary(total=total, by_phase=by_phase, resolved_recent=resolved, cancelled_recent=cancelled,
-                        held_by_breaker=held, needs_human=tuple(humans))
+                        held_by_breaker=held, needs_human=tuple(humans), awaiting_approval=tuple(waiting),
+                        handed_off=tuple(handed))
 
 
 # ---- the breaker -----------------------------------------------------------------------------------
@@ -288,6 +399,9 @@ def to_json(s: Summary) -> dict[str, Any]:
             "quarantinedNodes": list(n.quarantined), "cordonedByNvsentinelNodes": list(n.cordoned_by_nvsentinel),
             "cordonedByOthersNodes": list(n.cordoned_by_others),
             "quarantinedUncordonedNodes": list(n.quarantined_uncordoned),
+            "byOwner": n.by_owner,
+            "owners": [{"node": o.node, "owner": o.owner, "scope": o.scope, "cordon": o.cordon, "events": o.events,
+                        "since": _stamp(o.since)} for o in n.owners],
         },
         "breaker": dict(s.breaker),
         "healthEvents": {
@@ -297,6 +411,10 @@ def to_json(s: Summary) -> dict[str, Any]:
             "needsHuman": [{"name": h.name, "node": h.node, "phase": h.phase, "condition": h.condition,
                             "reason": h.reason, "message": h.message, "created": _stamp(h.created),
                             "since": _stamp(h.since)} for h in e.needs_human],
+            "awaitingApproval": [{"name": a.name, "node": a.node, "wouldRun": a.would_run, "created": _stamp(a.created),
+                                  "since": _stamp(a.since), "approve": a.command} for a in e.awaiting_approval],
+            "handedOff": [{"name": h.name, "node": h.node, "phase": h.phase, "action": h.action,
+                           "created": _stamp(h.created)} for h in e.handed_off],
         },
     }
 
@@ -345,6 +463,9 @@ def render(s: Summary) -> str:
     ]
     if n.quarantined_uncordoned:
         rows.append((1, "Uncordoned by hand", _count(n.quarantined_uncordoned)))
+    if n.owners:
+        rows.append((1, "Owners", ", ".join(f"{k} {v}" for k, v in n.by_owner.items() if v)))
+    node_rows, rows = rows, []
     rows += [
         (0, "Circuit breaker", state),
         (1, "Cordoned in window", f"{b['cordoned']}" + (" since the reset" if b["resetAt"] else "")),
@@ -365,12 +486,27 @@ def render(s: Summary) -> str:
                     + (f", selector {s.event_selector}" if s.event_selector else ""))]
     events_tail = [(1, "Resolved (24h)", str(e.resolved_recent)), (1, "Cancelled (24h)", str(e.cancelled_recent)),
                    (0, "Needs a human", str(len(e.needs_human)) if e.needs_human else "none")]
-    column = _column(rows + events_head + events_tail)
+    approvals = [(0, "Awaiting approval", str(len(e.awaiting_approval)) if e.awaiting_approval else "none")]
+    handed = [(0, "Handed off", f"{len(e.handed_off)} (remediation mode external)" if e.handed_off else "none")]
+    column = _column(node_rows + rows + events_head + events_tail + approvals + handed)
     phases = [str(p) for p in OPEN_PHASES]
-    lines = _pairs(rows + events_head, column)
+    lines = _pairs(node_rows, column)
+    if n.owners:
+        lines += _table([[o.node, o.owner, o.scope, o.cordon, str(o.events), _ago(o.since, now)] for o in n.owners],
+                        ["NODE", "OWNER", "SCOPE", "CORDON", "EVENTS", "SINCE"])
+    lines += _pairs(rows + events_head, column)
     lines += _table([[str(e.by_phase.get(p, 0)) for p in phases]], phases)
     lines += _pairs(events_tail, column)
     if e.needs_human:
         lines += _table([[h.name, h.node or display.NONE, h.phase, h.reason, _ago(h.since, now), _ago(h.created, now)]
                          for h in e.needs_human], ["NAME", "NODE", "PHASE", "REASON", "WAITING", "AGE"])
+    lines += _pairs(approvals, column)
+    if e.awaiting_approval:
+        lines += _table([[a.name, a.node or display.NONE, a.would_run, _ago(a.since, now), _ago(a.created, now),
+                          a.command] for a in e.awaiting_approval],
+                        ["NAME", "NODE", "WOULD RUN", "WAITING", "AGE", "TO APPROVE"])
+    lines += _pairs(handed, column)
+    if e.handed_off:
+        lines += _table([[h.name, h.node or display.NONE, h.phase, h.action or display.NONE, _ago(h.created, now)]
+                         for h in e.handed_off], ["NAME", "NODE", "PHASE", "RECOMMENDED", "AGE"])
     return "\n".join(printable(line, 0) for line in lines)  # names and reasons are others' text

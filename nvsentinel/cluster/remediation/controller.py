@@ -31,7 +31,7 @@ __all__ = ["RemediationController", "ACTIONS"]
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
 ACTIONS = ("reboot", "reboot-succeeded", "reboot-failed", "terminate", "gpu-reset-requested",
            "gpu-reset-verified", "manual", "none", "escalate", "remediation-failed", "remediated-with",
-           "stale-evidence", "fault-cleared", "dry-run")
+           "stale-evidence", "fault-cleared", "awaiting-approval", "dry-run")
 _LIVE = frozenset({Phase.DRAINED, Phase.REMEDIATING})
 
 
@@ -139,18 +139,26 @@ class RemediationController:
             return logic.reboot_progress(event, self._attempts(event), now, cfg)
         if ctx.dry_run:
             return logic.dry_run_outcome(event, strategy, why)
-        if strategy in (logic.Strategy.REBOOT, logic.Strategy.TERMINATE, logic.Strategy.GPU_RESET):
+        if strategy in logic.ACTING:
             waited = self._one_remediation(event, strategy, now)
             if waited is not None:
                 return waited
-        if strategy in (logic.Strategy.REBOOT, logic.Strategy.TERMINATE, logic.Strategy.GPU_RESET) and \
-                cfg.escalation_threshold > 0:
+        if strategy in logic.ACTING and cfg.escalation_threshold > 0:
             prior = logic.prior_remediations(event, self._node_events(event.spec.node_name), now,
                                              cfg.escalation_window)
             if len(prior) >= cfg.escalation_threshold:
                 return logic.escalated_outcome(event, prior, cfg)
+        if strategy in logic.ACTING:
+            if logic.awaits_approval(event):
+                return logic.awaiting_approval_outcome(event, strategy, why)
+            return logic.approved_outcome(event, await self._start(event, strategy, node, ctx, now))
+        return logic.held_outcome(event, strategy, why)
+
+    async def _start(self, event: HealthEvent, strategy: logic.Strategy, node: dict[str, Any] | None,
+                     ctx: ControllerContext, now: _dt.datetime) -> logic.RemediationOutcome:
+        """The first step of an acting strategy (reboot, terminate, gpu-reset)."""
         if strategy is logic.Strategy.REBOOT:
-            return logic.reboot_progress(event, self._attempts(event), now, cfg)
+            return logic.reboot_progress(event, self._attempts(event), now, self.config)
         if strategy is logic.Strategy.TERMINATE:
             if node is None:
                 try:
@@ -158,9 +166,7 @@ class RemediationController:
                 except KubeNotFound:
                     node = None
             return logic.terminate_outcome(event, node)
-        if strategy is logic.Strategy.GPU_RESET:
-            return logic.gpu_reset_request_outcome(event)
-        return logic.held_outcome(event, strategy, why)
+        return logic.gpu_reset_request_outcome(event)
 
     def _one_remediation(self, event: HealthEvent, strategy: logic.Strategy,
                          now: _dt.datetime) -> logic.RemediationOutcome | None:

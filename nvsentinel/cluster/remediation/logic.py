@@ -7,7 +7,8 @@ or a restart continues where the last one stopped, and a retried reconcile never
 the name of attempt n is fixed.
 
 Phases this stage owns (SPEC §7): Drained → Remediating → Remediated; Drained stays Drained with
-condition `Remediated False <reason>` when a human is needed (manual, escalation, attempts exhausted).
+condition `Remediated False <reason>` when a human is needed (manual, escalation, attempts exhausted), or, in
+remediation mode approve, until an operator approves (`AwaitingApproval`, policy/handoff.py).
 """
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ from typing import Any
 from nvsentinel.cluster.indexes import JOB_EVENT_ANNOTATION
 from nvsentinel.cluster.remediation.config import RemediationConfig
 from nvsentinel.policy.evidence import DEFAULT_SKEW, is_stale, observed_at, same_gpu
-from nvsentinel.policy.handoff import STRATEGY_ANNOTATION
+from nvsentinel.policy.handoff import (
+    APPROVAL_ANNOTATION, APPROVAL_BY_ANNOTATION, APPROVAL_REASON_ANNOTATION, APPROVED, REJECTED, STRATEGY_ANNOTATION,
+    approval_of, mode_of,
+)
 from nvsentinel.policy.healthevent import (
-    GROUP, KIND, VERSION, ConditionType, HealthEvent, HealthEventStatus, Phase, format_time,
+    GROUP, KIND, VERSION, ConditionType, HealthEvent, HealthEventStatus, Phase, RemediationMode, format_time,
 )
 from nvsentinel.policy.outcome import Outcome
 from nvsentinel.policy.outcome import apply_outcome as outcome_status
@@ -37,7 +41,8 @@ __all__ = [
     "CONDITION", "RemediationOutcome", "apply_outcome", "same_decision", "reboot_progress", "gpu_reset_verified_by",
     "STALE_ANNOTATION", "WAITING_REASONS", "overlaps", "remediation_in_progress", "in_progress_outcome",
     "covered_by", "covered_outcome", "fresh_evidence", "stale_outcome", "stale_approved", "cleared_by",
-    "cleared_outcome",
+    "cleared_outcome", "ACTING", "AWAITING_APPROVAL", "awaits_approval", "awaiting_approval_outcome",
+    "approved_outcome",
 ]
 
 ACTOR = "nvsentinel-remediation"
@@ -79,9 +84,12 @@ HELD_REASONS = frozenset({"ManualRemediationRequired", "EscalatedToSupport", "Re
 #: `Remediated False` reasons of an event that waits in Drained for something the cluster will show (another
 #: event's remediation to end, fresh evidence, an operator's annotation): judged again whenever the node's
 #: events change.
-WAITING_REASONS = frozenset({"RemediationInProgress", "StaleEvidence", "FaultCleared"})
+WAITING_REASONS = frozenset({"RemediationInProgress", "StaleEvidence", "FaultCleared", "AwaitingApproval"})
+#: `Remediated False`: remediation mode approve, and no operator has approved this event yet (`nvsentinel approve`).
+AWAITING_APPROVAL = "AwaitingApproval"
 #: `Remediated True`: another event's remediation fixed this fault too (nothing was run for this one).
 REMEDIATED_WITH = "RemediatedWithEvent"
+APPROVAL_ANNOTATION_TEXT = f"{APPROVAL_ANNOTATION}={APPROVED}"
 #: An operator's decision that a stale event (StaleEvidence) is remediated as it is (value `true`).
 STALE_ANNOTATION = "nvsentinel.nvidia.com/remediate-stale"
 
@@ -111,8 +119,8 @@ def triage(event: HealthEvent) -> Triage:
     phase = event.status.phase
     if phase is Phase.REMEDIATING:
         return Triage.FOLLOW
-    if phase is not Phase.DRAINED:
-        return Triage.IGNORE
+    if phase is not Phase.DRAINED or approval_of(event) == REJECTED:
+        return Triage.IGNORE  # a rejected event is the resolution stage's to close: nothing starts
     cond = event.status.condition(ConditionType.REMEDIATED)
     if cond is not None and cond.status == "False" and cond.reason in HELD_REASONS:
         return Triage.IGNORE
@@ -147,8 +155,9 @@ def prior_remediations(event: HealthEvent, others: Iterable[HealthEvent], now: _
 
 # ---- one fault, one remediation ------------------------------------------------------------------------
 
-#: Strategies that act on the machine; only they wait for, or are covered by, another event's remediation.
-_ACTING = frozenset({Strategy.REBOOT, Strategy.TERMINATE, Strategy.GPU_RESET})
+#: Strategies that act on the machine; only they wait for, or are covered by, another event's remediation, and only
+#: they wait for an operator's approval (remediation mode approve).
+ACTING = frozenset({Strategy.REBOOT, Strategy.TERMINATE, Strategy.GPU_RESET})
 _FAR_FUTURE = _dt.datetime.max.replace(tzinfo=_dt.timezone.utc)
 
 
@@ -185,11 +194,11 @@ def remediation_in_progress(event: HealthEvent, strategy: Strategy | None, other
         if o.name == event.name or not o.spec.is_fatal or o.spec.is_healthy:
             continue
         how = choose_strategy(o)[0]
-        if how not in _ACTING or not _contends(event, strategy, o, how):
+        if how not in ACTING or not _contends(event, strategy, o, how):
             continue
         if o.status.phase is Phase.REMEDIATING:
             running.append(((o.status.last_remediation_time or _FAR_FUTURE), o.name, o))
-        elif triage(o) is Triage.START and _order(o, skew) < _order(event, skew) and \
+        elif triage(o) is Triage.START and _order(o, skew) < _order(event, skew) and not awaits_approval(o) and \
                 not (is_stale(o, now, cfg.max_event_age, skew) and not stale_approved(o)):
             queued.append((*_order(o, skew), o))
     return min(running)[2] if running else min(queued)[2] if queued else None
@@ -291,6 +300,37 @@ def stale_outcome(event: HealthEvent, fresh: HealthEvent | None, now: _dt.dateti
                    f"fatal event for the same GPU (UUID or PCI slot) observed within the max age, or on the "
                    f"operator's annotation {STALE_ANNOTATION}=true; a healthy event resolves it; {ACTOR}",
                    action="stale-evidence", warning=True)
+
+
+# ---- remediation mode approve ----------------------------------------------------------------------------
+
+def awaits_approval(event: HealthEvent) -> bool:
+    """Remediation mode approve (recorded by the quarantine stage) and no operator's `approved` on the event yet: its
+    remediation must not start. An approval written before the event reached Drained counts (pre-approval)."""
+    return mode_of(event) is RemediationMode.APPROVE and approval_of(event) != APPROVED
+
+
+def _approver(event: HealthEvent) -> str:
+    who = " ".join((event.annotations.get(APPROVAL_BY_ANNOTATION) or "").split())[:128] or \
+        f"an operator (no {APPROVAL_BY_ANNOTATION} annotation)"
+    why = " ".join((event.annotations.get(APPROVAL_REASON_ANNOTATION) or "").split())[:256]
+    return who + (f": {why}" if why else "")
+
+
+def awaiting_approval_outcome(event: HealthEvent, strategy: Strategy, why: str) -> RemediationOutcome:
+    """Drained, `Remediated False AwaitingApproval`: what would run and how to let it (a Warning, once)."""
+    return _result(Phase.DRAINED, "False", AWAITING_APPROVAL,
+                   f"remediation mode approve: {strategy.value} of node {event.spec.node_name} ({why}) waits for an "
+                   f"operator: approve with `nvsentinel approve {event.name}` (or annotate it "
+                   f"{APPROVAL_ANNOTATION_TEXT}), close it with `nvsentinel reject {event.name}`; {ACTOR}",
+                   action="awaiting-approval", warning=True)
+
+
+def approved_outcome(event: HealthEvent, outcome: RemediationOutcome) -> RemediationOutcome:
+    """The remediation an operator approved, its message naming who approved and why (mode approve only)."""
+    if mode_of(event) is not RemediationMode.APPROVE:
+        return outcome
+    return dataclasses.replace(outcome, message=f"{outcome.message} (approved by {_approver(event)})")
 
 
 # ---- reboot Jobs --------------------------------------------------------------------------------------

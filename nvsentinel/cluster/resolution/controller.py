@@ -1,5 +1,8 @@
 """The resolution reconciler: key = node name; resolves the node's answered events, then releases the node.
 
+It also closes what an operator rejected (`nvsentinel reject`: Cancelled, `Rejected`) and the events handed to an
+external repairer whose Node was replaced (another UID under its name: `NodeReplaced`) or deleted (`NodeDeleted`).
+
 Level-triggered and idempotent: status patches and the Node patch each carry the resourceVersion they
 were computed from (a 409 raises, the runtime retries on fresh caches). Events are resolved before the
 Node is touched, so a crash in between leaves them Resolved and the rerun only releases the Node.
@@ -30,8 +33,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["ResolutionController", "ACTIONS"]
 
 #: Every value of the actions_total{action} label, pre-initialised to 0 so dashboards see them.
-ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "cancel-node-gone", "dry-run-resolve",
-           "dry-run-uncordon", "dry-run-remove-taint", "dry-run-cancel-node-gone")
+ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "cancel-node-gone", "cancel-rejected",
+           "resolve-node-replaced", "resolve-node-deleted", "dry-run-resolve", "dry-run-uncordon",
+           "dry-run-remove-taint", "dry-run-cancel-node-gone", "dry-run-cancel-rejected")
 
 
 class ResolutionController:
@@ -70,16 +74,19 @@ class ResolutionController:
         now = ctx.now()
         events = self._node_events(key, ctx)
         cfg = self.config
+        closed = await self._reject(key, events, ctx, now)
         resolutions = logic.plan_resolutions(events, skew=cfg.skew, nodewide=cfg.resolve_nodewide_healthy)
         for res in resolutions:
             await self._write(res.fatal, logic.resolved_status(res, now, dry_run=ctx.dry_run), ctx,
                               action="dry-run-resolve" if ctx.dry_run else "resolve")
-        answered = {r.fatal.name for r in resolutions}
-        open_fatal = [e for e in events if logic.is_open_fatal(e) and e.name not in answered]
+        closed |= {r.fatal.name for r in resolutions}
 
         node = self._nodes.get(key)
         if node is None:
-            return await self._node_gone(key, [e for e in events if e.name not in answered], ctx, now)
+            return await self._node_gone(key, [e for e in events if e.name not in closed], ctx, now)
+        uid = str(node["metadata"].get("uid") or "")
+        closed |= await self._replaced(key, [e for e in events if e.name not in closed], uid, ctx, now)
+        open_fatal = [e for e in events if logic.is_open_fatal(e) and e.name not in closed]
         try:
             own = ownership_of(node)
         except ValueError:
@@ -94,9 +101,9 @@ class ResolutionController:
                 ev = HealthEvent.from_dict(await ctx.kube.get(HEALTHEVENTS, name))
             except KubeNotFound:
                 continue  # deleted (TTL, operator): it holds nothing any more
-            if logic.is_open_fatal(ev) and not any(logic.answers(r.healthy, ev, skew=cfg.skew,
-                                                                   nodewide=cfg.resolve_nodewide_healthy)
-                                                     for r in resolutions):
+            if logic.is_open_fatal(ev) and not logic.is_rejected(ev) and not any(
+                    logic.answers(r.healthy, ev, skew=cfg.skew, nodewide=cfg.resolve_nodewide_healthy)
+                    for r in resolutions):
                 open_fatal.append(ev)
 
         if logic.operator_uncordoned(node, len(open_fatal)):
@@ -135,25 +142,35 @@ class ResolutionController:
     async def _node_gone(self, node: str, events: list[HealthEvent], ctx: ControllerContext,
                          now: Any) -> Result | None:
         """The Node is not in our cache. Once the server confirms it is gone (404), events remediated by deleting
-        it resolve (`NodeTerminated`), and every other open event is cancelled (`NodeGone`) after the grace;
-        otherwise every stage would requeue them forever. Comes back when the oldest waiting one's grace ends."""
+        it resolve (`NodeTerminated`), events handed off resolve at once (`NodeDeleted`: they were quarantined, so
+        their Node existed), and every other open event is cancelled (`NodeGone`) after the grace; otherwise every
+        stage would requeue them forever. Comes back when the oldest waiting one's grace ends."""
         terminated = [e for e in events if logic.node_terminated(e)]
+        external = [e for e in events if logic.handed_off(e)]
         grace = self.config.node_gone_grace
         gone = logic.node_gone_events(events, now, grace)
         closing = {e.name for e in gone}
         waiting = [e for e in events if not e.status.phase.terminal and not logic.node_terminated(e)
-                   and e.name not in closing]
+                   and not logic.handed_off(e) and e.name not in closing]
         later = None
         if waiting:
             first = min((e.creation_timestamp or e.spec.detected_at) for e in waiting)
             later = Result(requeue_after=max(grace - (now - first).total_seconds(), 0.0) + 0.5)
-        if not terminated and not gone:
+        if not terminated and not gone and not external:
             return later  # nothing to close yet: no request until the grace ends
         try:
-            await ctx.kube.get(NODES, node)
-            return None  # our cache is behind (or a selector hides it): not gone
+            current = await ctx.kube.get(NODES, node)
         except KubeNotFound:
-            pass
+            current = None
+        if current is not None:
+            # our cache is behind (or a selector hides it): not gone, but maybe another Node under the same name
+            await self._replaced(node, external, str((current.get("metadata") or {}).get("uid") or ""), ctx, now)
+            return None
+        for ev in external:
+            if await self._write(ev, logic.deleted_status(ev, now, dry_run=ctx.dry_run), ctx,
+                                 action="dry-run-resolve" if ctx.dry_run else "resolve-node-deleted"):
+                logger.info("handed-off healthevent resolved: node deleted", extra={"kv": {
+                    "node": node, "healthevent": ev.name}})
         for ev in terminated:
             await self._write(ev, logic.terminated_status(ev, now), ctx,
                               action="dry-run-resolve" if ctx.dry_run else "resolve")
@@ -163,6 +180,31 @@ class ResolutionController:
                 logger.info("healthevent cancelled: node gone", extra={"kv": {
                     "node": node, "healthevent": ev.name, "phase": str(ev.status.phase), "dry_run": ctx.dry_run}})
         return later
+
+    async def _reject(self, node: str, events: list[HealthEvent], ctx: ControllerContext, now: Any) -> set[str]:
+        """Close the events an operator rejected (Cancelled, `Rejected`); their names."""
+        closed = set()
+        for ev in logic.rejected_events(events):
+            if await self._write(ev, logic.rejected_status(ev, now, dry_run=ctx.dry_run), ctx,
+                                 action="dry-run-cancel-rejected" if ctx.dry_run else "cancel-rejected"):
+                logger.info("healthevent rejected by an operator", extra={"kv": {
+                    "node": node, "healthevent": ev.name, "phase": str(ev.status.phase), "dry_run": ctx.dry_run}})
+            closed.add(ev.name)  # dry-run too: as a resolution, it counts as closed for the would-be release
+        return closed
+
+    async def _replaced(self, node: str, events: list[HealthEvent], uid: str, ctx: ControllerContext,
+                        now: Any) -> set[str]:
+        """Resolve the handed-off events quarantined on another Node object than the one now named `node`
+        (`NodeReplaced`); their names. The new Node carries none of our marks: nothing is released on it."""
+        closed = set()
+        for ev in logic.replaced_events(events, uid):
+            if await self._write(ev, logic.replaced_status(ev, uid, now, dry_run=ctx.dry_run), ctx,
+                                 action="dry-run-resolve" if ctx.dry_run else "resolve-node-replaced"):
+                logger.info("handed-off healthevent resolved: node replaced", extra={"kv": {
+                    "node": node, "healthevent": ev.name, "old_uid": ev.status.node_uid, "new_uid": uid,
+                    "dry_run": ctx.dry_run}})
+            closed.add(ev.name)
+        return closed
 
     def _node_events(self, node: str, ctx: ControllerContext) -> list[HealthEvent]:
         out = []

@@ -1,4 +1,5 @@
-"""Resolution decisions, pure: which open fatal events a healthy event answers, and how to release a Node.
+"""Resolution decisions, pure: which open fatal events a healthy event answers, which an operator rejected or an
+external repairer settled by replacing or deleting the Node, and how to release a Node.
 
 No I/O and no clock reads: the controller passes the node's HealthEvents, its Node and `now` in. Every
 function is deterministic, so a reconcile repeated after a crash at any point converges: events already
@@ -14,17 +15,28 @@ from typing import Any
 from nvsentinel.cluster.ownership import ANNOTATION, OWNER_LABEL, RECOMMENDATION_ANNOTATION, Ownership, ownership_of
 from nvsentinel.cluster.resolution.config import ResolutionConfig
 from nvsentinel.policy.evidence import DEFAULT_SKEW, observed_at, same_gpu
-from nvsentinel.policy.healthevent import Condition, ConditionType, HealthEvent, HealthEventStatus, Phase
+from nvsentinel.policy.handoff import APPROVAL_BY_ANNOTATION, APPROVAL_REASON_ANNOTATION, REJECTED, approval_of, mode_of
+from nvsentinel.policy.healthevent import (
+    Condition, ConditionType, HealthEvent, HealthEventStatus, Phase, RemediationMode,
+)
 
 __all__ = [
     "ACTOR", "DEFAULT_SKEW", "observed_at", "is_open_fatal", "answers", "Resolution", "plan_resolutions", "resolved_status",
     "NodeRelease", "plan_release", "node_terminated", "terminated_status", "operator_uncordoned", "operator_uncordon_status",
-    "NODE_GONE", "node_gone_events", "node_gone_status",
+    "NODE_GONE", "node_gone_events", "node_gone_status", "REJECTED_REASON", "rejected_events", "rejected_status",
+    "NODE_REPLACED", "NODE_DELETED", "handed_off", "replaced_events", "replaced_status", "deleted_status",
 ]
 
 ACTOR = "nvsentinel-resolution"
 #: The Resolved reason of an event closed because its Node no longer exists (phase Cancelled).
 NODE_GONE = "NodeGone"
+
+
+#: The Resolved reason of an event an operator rejected (`nvsentinel reject`): phase Cancelled.
+REJECTED_REASON = "Rejected"
+#: The Resolved reasons of an event handed off (mode external) whose Node the repairer replaced or deleted.
+NODE_REPLACED = "NodeReplaced"
+NODE_DELETED = "NodeDeleted"
 
 
 def is_open_fatal(event: HealthEvent) -> bool:
@@ -67,7 +79,7 @@ def plan_resolutions(events: Iterable[HealthEvent], *, skew: _dt.timedelta = DEF
     healthy = [e for e in evs if e.spec.is_healthy]
     out = []
     for fatal in evs:
-        if not is_open_fatal(fatal) or fatal.status.phase is Phase.REMEDIATING:
+        if not is_open_fatal(fatal) or fatal.status.phase is Phase.REMEDIATING or is_rejected(fatal):
             continue
         by = next((h for h in healthy if answers(h, fatal, skew=skew, nodewide=nodewide)), None)
         if by is not None:
@@ -115,10 +127,11 @@ def terminated_status(event: HealthEvent, now: _dt.datetime) -> HealthEventStatu
 
 def node_gone_events(events: Iterable[HealthEvent], now: _dt.datetime, grace: float) -> list[HealthEvent]:
     """The open events of a Node the API server says is gone (the caller confirmed it with a GET 404) that nothing
-    else will close: not terminal, not remediated by deleting the Node (those resolve as `NodeTerminated`), and
-    created at least `grace` seconds ago (an event can arrive before its Node registers)."""
+    else will close: not terminal, not remediated by deleting the Node (those resolve as `NodeTerminated`), not
+    handed off (those resolve as `NodeDeleted`, at once), and created at least `grace` seconds ago (an event can
+    arrive before its Node registers)."""
     horizon = now - _dt.timedelta(seconds=grace)
-    return [e for e in events if not e.status.phase.terminal and not node_terminated(e)
+    return [e for e in events if not e.status.phase.terminal and not node_terminated(e) and not handed_off(e)
             and (e.creation_timestamp or e.spec.detected_at) <= horizon]
 
 
@@ -133,6 +146,74 @@ def node_gone_status(event: HealthEvent, now: _dt.datetime, *, dry_run: bool = F
                                  f"{what}; cancelled without remediation or verification, by {ACTOR}", now,
                                  event.generation),
                 phase=Phase.CANCELLED, resolved_at=event.status.resolved_at or now)
+
+
+# ---- an operator's rejection, a repairer's replacement ---------------------------------------------------
+
+def is_rejected(event: HealthEvent) -> bool:
+    """An operator rejected it (`nvsentinel reject`): it closes unless its remediation already runs (Remediating:
+    the CLI refuses that, and a running reboot is not abandoned halfway)."""
+    return is_open_fatal(event) and event.status.phase is not Phase.REMEDIATING and approval_of(event) == REJECTED
+
+
+def rejected_events(events: Iterable[HealthEvent]) -> list[HealthEvent]:
+    """The node's open fatal events an operator rejected, by name."""
+    return sorted((e for e in events if is_rejected(e)), key=lambda e: e.name)
+
+
+def _clean(text: str, limit: int) -> str:
+    return " ".join((text or "").split())[:limit]
+
+
+def rejected_status(event: HealthEvent, now: _dt.datetime, *, dry_run: bool = False) -> HealthEventStatus:
+    """Cancelled, `Resolved False Rejected` naming who and why, `resolvedAt` set (the TTL clock); dry-run keeps the
+    phase and says so."""
+    who = _clean(event.annotations.get(APPROVAL_BY_ANNOTATION, ""), 128) or "an operator"
+    why = _clean(event.annotations.get(APPROVAL_REASON_ANNOTATION, ""), 256)
+    what = f"rejected by {who}" + (f": {why}" if why else " (no reason given)")
+    if dry_run:
+        return _set(event, Condition(ConditionType.RESOLVED, "False", "DryRun" + REJECTED_REASON,
+                                     f"dry-run: would cancel: {what}, by {ACTOR}", now, event.generation))
+    return _set(event, Condition(ConditionType.RESOLVED, "False", REJECTED_REASON,
+                                 f"{what}; cancelled without remediation, node {event.spec.node_name} is released "
+                                 f"when no other fault holds it, by {ACTOR}", now, event.generation),
+                phase=Phase.CANCELLED, resolved_at=event.status.resolved_at or now)
+
+
+def handed_off(event: HealthEvent) -> bool:
+    """An open fatal event another system repairs (remediation mode external)."""
+    return is_open_fatal(event) and mode_of(event) is RemediationMode.EXTERNAL
+
+
+def replaced_events(events: Iterable[HealthEvent], node_uid: str) -> list[HealthEvent]:
+    """The handed-off events quarantined on another Node object than `node_uid` (the one now under their node's
+    name): the repairer deleted the machine's Node and a new one registered. An event that recorded no UID (from
+    before UIDs were recorded) proves nothing."""
+    return [e for e in events if handed_off(e) and e.status.node_uid and node_uid and e.status.node_uid != node_uid]
+
+
+def _handed_off_closed(event: HealthEvent, reason: str, what: str, now: _dt.datetime, dry_run: bool
+                       ) -> HealthEventStatus:
+    what = f"handed off (remediation mode external): {what}"
+    if dry_run:
+        return _set(event, Condition(ConditionType.RESOLVED, "False", "DryRun" + reason,
+                                     f"dry-run: would resolve: {what}, by {ACTOR}", now, event.generation))
+    return _set(event, Condition(ConditionType.RESOLVED, "True", reason, f"{what}, by {ACTOR}", now, event.generation),
+                phase=Phase.RESOLVED, resolved_at=event.status.resolved_at or now)
+
+
+def replaced_status(event: HealthEvent, node_uid: str, now: _dt.datetime, *, dry_run: bool = False
+                    ) -> HealthEventStatus:
+    """Resolved, `Resolved True NodeReplaced`: the Node it was quarantined on is gone, a new one has its name."""
+    return _handed_off_closed(event, NODE_REPLACED,
+                              f"node {event.spec.node_name} was replaced (Node UID {event.status.node_uid} → "
+                              f"{node_uid}); nothing of ours is on the new Node", now, dry_run)
+
+
+def deleted_status(event: HealthEvent, now: _dt.datetime, *, dry_run: bool = False) -> HealthEventStatus:
+    """Resolved, `Resolved True NodeDeleted`: the repairer removed the Node (the server answered 404)."""
+    return _handed_off_closed(event, NODE_DELETED,
+                              f"node {event.spec.node_name} was deleted (the API server answered 404)", now, dry_run)
 
 
 # ---- the Node ---------------------------------------------------------------------------------------------
