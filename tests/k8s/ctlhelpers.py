@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
+import pytest
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.quarantine.logic import ANNOTATION
@@ -81,3 +82,16 @@ def clean_up(kube: Kube, *, events: Sequence[str] = (), nodes: Sequence[str] = (
     if namespace is not None:
         with contextlib.suppress(KubeNotFound):
             kube.delete(NAMESPACES, namespace)
+
+
+def env_fixture(make: Callable[[Any, str], Any]) -> Any:
+    """The `env` fixture of a stage test module: `make(control_plane, unique)`, closed after the test however it
+    ends (`env = env_fixture(Env)` at module level)."""
+    @pytest.fixture
+    def env(control_plane: Any, crd_installed: Any, unique: str) -> Any:
+        e = make(control_plane, unique)
+        try:
+            yield e
+        finally:
+            e.close()
+    return env

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, clean_up, eventually, phase, running_manager
+from ctlhelpers import action_count, clean_up, env_fixture, eventually, phase, running_manager
 from kubelet import finish_deletions, make_node, run_pod
 from prometheus_client import CollectorRegistry
 
@@ -102,13 +102,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

@@ -14,12 +14,12 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-from ctlhelpers import clean_up, condition, eventually, ownership, phase, running_manager
+from ctlhelpers import clean_up, condition, env_fixture, eventually, ownership, phase, running_manager
 from kubelet import finish_deletions, finish_job, make_node, run_pod
 
 from nvsentinel.cluster.drain.config import DrainConfig
@@ -141,13 +141,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

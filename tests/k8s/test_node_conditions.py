@@ -9,11 +9,11 @@ objects of other tests sharing the cluster are invisible to them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, clean_up, eventually, phase, running_manager
+from ctlhelpers import action_count, clean_up, env_fixture, eventually, phase, running_manager
 from kubelet import make_node
 from prometheus_client import CollectorRegistry
 
@@ -69,13 +69,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,13 @@ import contextlib
 import datetime as dt
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, clean_up, condition, eventually, ownership, phase, running_manager
+from ctlhelpers import action_count, clean_up, condition, env_fixture, eventually, ownership, phase, running_manager
 from kubelet import make_node, make_nodes
 from prometheus_client import CollectorRegistry
 
@@ -94,13 +94,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, clean_up, condition, eventually, phase, running_manager
+from ctlhelpers import action_count, clean_up, condition, env_fixture, eventually, phase, running_manager
 from kubelet import finish_job, make_node
 from prometheus_client import CollectorRegistry
 
@@ -81,13 +81,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

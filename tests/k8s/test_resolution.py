@@ -6,13 +6,13 @@ selectors, so objects of other tests sharing the cluster are invisible to them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, clean_up, condition, eventually, ownership, phase, running_manager
+from ctlhelpers import action_count, clean_up, condition, env_fixture, eventually, ownership, phase, running_manager
 from kubelet import make_node
 from prometheus_client import CollectorRegistry
 
@@ -67,13 +67,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, clean_up, eventually, running_manager
+from ctlhelpers import action_count, clean_up, env_fixture, eventually, running_manager
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.ttl.config import TTLConfig
@@ -82,13 +82,7 @@ class Env:
         self.kube.close()
 
 
-@pytest.fixture
-def env(control_plane, crd_installed, unique) -> Iterator[Env]:
-    e = Env(control_plane, unique)
-    try:
-        yield e
-    finally:
-        e.close()
+env = env_fixture(Env)
 
 
 @contextlib.asynccontextmanager
