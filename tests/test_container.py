@@ -40,7 +40,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 #: The image's entry points: `nvsentinel <command>`, one per daemon (docs/operations.md).
 IMAGE_COMMANDS = ("device-api-server", "nvml-provider", "kmsg-monitor", "publisher", "remediation-agent",
-                  "controllers", "admission-webhook")
+                  "controllers", "admission-webhook", "exporter")
 #: Build switches of setup.py. The image build sets none, so the replayed build must not inherit them
 #: from the test run (`make test-py` sets NVSENTINEL_NO_EXTENSIONS).
 BUILD_SWITCHES = ("NVSENTINEL_NO_EXTENSIONS", "NVSENTINEL_DEBUG_BUILD", "NVSENTINEL_NO_FAKE_NVML")

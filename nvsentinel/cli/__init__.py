@@ -21,10 +21,11 @@ logger = logging.getLogger(__name__)
 #: Subcommands, in --help order.
 COMMAND_MODULES: tuple[str, ...] = ("bench", "xid", "device-api-server", "get", "describe", "watch", "nvml",
                                     "nvml-provider", "kmsg-monitor", "publisher", "remediation-agent", "controllers",
-                                    "admission-webhook", "breaker", "demo", "status", "approve", "reject")
+                                    "admission-webhook", "exporter", "breaker", "demo", "status", "approve", "reject")
 #: Subcommands that are daemons: their module is `nvsentinel.daemons.<name>`.
 DAEMONS: frozenset[str] = frozenset({"device-api-server", "nvml-provider", "kmsg-monitor", "publisher",
-                                     "remediation-agent", "controllers", "admission-webhook"})
+                                     "remediation-agent", "controllers", "admission-webhook",
+                                     "exporter"})
 
 
 def module_of(command: str) -> str:

@@ -152,11 +152,17 @@ ALL_FEATURES: dict[str, Any] = {
                         "escalationThreshold": 0, "escalationWindow": 604800,
                         "extraArgs": ["--remediation-poll=10"]},
     },
+    "exporter": {"enabled": True, "sink": "https://events.example.com/ingest", "clusterName": "gpu-east-1",
+                 "extraArgs": ["--concurrency=16"]},
     "policy": {"ttlAfterResolved": "72h", "retentionMode": "compliance", "complianceRetention": "4320h",
                "batchSize": 500, "cleanupInterval": "1m30s", "maxEventsPerNode": 50, "maxTotalEvents": 10000},
     "metrics": {"service": {"enabled": True},
                 "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
-                "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "drainStuckFor": "1h"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "drainStuckFor": "1h",
+                                   "runbookBaseUrl": "https://git.example.com/sre/nvsentinel/runbooks.md"},
+                "grafanaDashboard": {"enabled": True, "label": "example.com/dashboard", "labelValue": "nvsentinel",
+                                     "labels": {"team": "gpu"},
+                                     "annotations": {"grafana_folder": "GPU"}}},
 }
 
 CONTROLLERS = ("quarantine", "conditions", "drain", "remediation", "resolution", "ttl")

@@ -63,6 +63,15 @@ TABLE: dict[str, tuple[set[tuple[str, str, str]] | None, set[tuple[str, str, str
 }
 
 
+#: The exporter's identity (exporter.enabled, off by default): reads HealthEvents and nothing else cluster-wide; its
+#: Lease and its checkpoint ConfigMap by name.
+EXPORTER = (
+    grant(HE, ["healthevents"], ["get", "list", "watch"]),
+    grant("coordination.k8s.io", ["leases[nvs-exporter]"], ["get", "update"])
+    | grant("coordination.k8s.io", ["leases"], ["create"])
+    | grant("", ["configmaps[nvs-exporter-checkpoint]"], ["get", "update"]) | grant("", ["configmaps"], ["create"]))
+
+
 def with_prefix(table: Mapping[str, tuple[set | None, set | None]], prefix: str) -> dict[str, tuple]:
     """The table with resourceNames under another release prefix."""
     def fix(triples: set | None) -> set | None:
@@ -145,8 +154,14 @@ def test_rbac_follows_the_prefix_and_the_namespace(rendered_all: list[dict[str, 
     table = dict(TABLE)
     cluster, ns = table["drain-controller"]
     table["drain-controller"] = (cluster | grant("", ["pods"], ["delete"]), ns)  # ALL_FEATURES force-deletes
+    table["exporter"] = EXPORTER  # and exports
     check_table(rendered_all, with_prefix(table, ALL_FEATURES["fullnameOverride"]),
                 prefix=ALL_FEATURES["fullnameOverride"])
+
+
+def test_the_exporter_adds_exactly_its_own_identity(helm: Helm) -> None:
+    objs = helm.render(sets=["exporter.enabled=true", "exporter.sink=https://sink.example.com/"])
+    check_table(objs, {**TABLE, "exporter": EXPORTER})
 
 
 def test_without_the_node_view_the_agent_reads_from_the_api_server(helm: Helm) -> None:

@@ -45,7 +45,9 @@ from nvsentinel.k8s import KubeNotFound, TooManyRequests
 from nvsentinel.k8s.resources import PODS
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer, resource_version_int
+from nvsentinel.k8s.runtime.metrics import DETECTION_BUCKETS
 from nvsentinel.k8s.runtime.status import write_outcome
+from nvsentinel.policy.evidence import age
 from nvsentinel.policy.healthevent import DrainRecord, HealthEvent, Phase
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ class DrainController:
         cfg = self.config
         ctx.metrics.declare_actions(ACTIONS)
         self._g_pending = ctx.metrics.gauge("pods_pending", "Pods still to leave nodes being drained")
+        self._h_drained = ctx.metrics.histogram(
+            "time_to_drain_seconds", "Seconds from a fault's detection to its event's phase Drained (once per event)",
+            buckets=DETECTION_BUCKETS)
         self._c_scope = Counter(f"{ctx.metrics.prefix}_scope_total", "Drains started, by the scope drained and why a "
                                 "GPU scope fell back to the node", ["scope", "fallback"], registry=ctx.metrics.registry)
         for scope, fallback in logic.SCOPE_LABELS:
@@ -334,6 +339,8 @@ class DrainController:
         recent = time.monotonic() - self._patched_at.get(event.name, -math.inf) < PROGRESS_INTERVAL
         status = logic.drain_status(event, outcome, now, record)
         written = await write_outcome(ctx, event, status, outcome, obj=obj, refresh=not recent)
+        if written.decided and event.status.phase is not Phase.DRAINED and status.phase is Phase.DRAINED:
+            self._h_drained.observe(max(age(event, now).total_seconds(), 0.0))
         if written.obj is not None and status.phase is Phase.DRAINING:
             self._patched_at[event.name] = time.monotonic()
         if written.obj is not None and scope is not None and logic.starts_drain(event, status):

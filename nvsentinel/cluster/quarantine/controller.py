@@ -29,8 +29,10 @@ from nvsentinel.k8s import AlreadyExists, KubeConflict, KubeNotFound
 from nvsentinel.k8s.resources import CONFIGMAPS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.metrics import DETECTION_BUCKETS
 from nvsentinel.k8s.runtime.status import write_outcome
 from nvsentinel.policy.breaker import BreakerPolicy, BreakerState, CordonLedger, Verdict, evaluate
+from nvsentinel.policy.evidence import age
 from nvsentinel.policy.healthevent import ConditionType, HealthEvent, Phase, RemediationMode
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ class QuarantineController:
         self._g_counted = ctx.metrics.gauge("breaker_cordoned_nodes",
                                             "Nodes nvsentinel cordoned within the breaker window")
         self._g_limit = ctx.metrics.gauge("breaker_limit", "Nodes nvsentinel may cordon within the breaker window")
+        self._h_quarantined = ctx.metrics.histogram(
+            "time_to_quarantine_seconds", "Seconds from a fault's detection to its event's phase Quarantined (once "
+            "per event)", buckets=DETECTION_BUCKETS)
         self._events = caches.healthevents(ctx, cfg.event_selector)
         self._nodes = caches.nodes(ctx, cfg.node_selector)
         self._configmaps = ctx.informer(CONFIGMAPS, namespace=ctx.namespace,
@@ -331,6 +336,8 @@ class QuarantineController:
             status = logic.apply_outcome(event, outcome, now)
         written = await write_outcome(ctx, event, status, outcome, obj=obj,
                                       quiet=quiet, refresh=not outcome.reason.endswith("CircuitBreakerOpen"))
+        if written.decided and event.status.phase is not Phase.QUARANTINED and status.phase is Phase.QUARANTINED:
+            self._h_quarantined.observe(max(age(event, now).total_seconds(), 0.0))
         if written.decided and not quiet and outcome.condition_type == ConditionType.NODE_QUARANTINED and \
                 outcome.phase in (Phase.QUARANTINED, Phase.NEW) and not outcome.reason.endswith("SkippedByOverride"):
             node = self._nodes.get(event.spec.node_name)

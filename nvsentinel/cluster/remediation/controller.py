@@ -20,8 +20,9 @@ from nvsentinel.k8s import AlreadyExists, Forbidden, Invalid, KubeNotFound
 from nvsentinel.k8s.resources import JOBS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.metrics import DETECTION_BUCKETS
 from nvsentinel.k8s.runtime.status import write_outcome
-from nvsentinel.policy.evidence import is_stale
+from nvsentinel.policy.evidence import age, is_stale
 from nvsentinel.policy.healthevent import HealthEvent, Phase
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class RemediationController:
         ctx.metrics.declare_actions(ACTIONS)
         self._g_running = ctx.metrics.gauge("in_progress", "HealthEvents in phase Remediating")
         self._g_running.set(0)
+        self._h_remediated = ctx.metrics.histogram(
+            "time_to_remediate_seconds", "Seconds from a fault's detection to its event's phase Remediated (once per "
+            "event)", buckets=DETECTION_BUCKETS)
         self._events = caches.healthevents(ctx, cfg.event_selector)
         self._nodes = caches.nodes(ctx, cfg.node_selector)
         self._jobs = ctx.informer(JOBS, namespace=cfg.namespace,
@@ -229,9 +233,12 @@ class RemediationController:
                       ctx: ControllerContext, now: _dt.datetime) -> None:
         # a Job creation is announced once the Job exists; a message-only refresh ("created" → "running",
         # a backoff's countdown) is not worth a write of its own: the next decision carries it
-        written = await write_outcome(ctx, event, logic.apply_outcome(event, outcome, now), outcome, obj=obj,
+        status = logic.apply_outcome(event, outcome, now)
+        written = await write_outcome(ctx, event, status, outcome, obj=obj,
                                       action="dry-run" if ctx.dry_run else None, quiet=outcome.create_job is not None,
                                       refresh=False)
+        if written.decided and event.status.phase is not Phase.REMEDIATED and status.phase is Phase.REMEDIATED:
+            self._h_remediated.observe(max(age(event, now).total_seconds(), 0.0))
         if written.decided and outcome.warning and outcome.phase is Phase.DRAINED:
             node = self._nodes.get(event.spec.node_name)
             if node is not None:  # a human is needed: say so where operators look first

@@ -25,8 +25,10 @@ from nvsentinel.k8s import KubeNotFound
 from nvsentinel.k8s.resources import HEALTHEVENTS, NODES
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result, read_event
 from nvsentinel.k8s.runtime.informer import Informer
+from nvsentinel.k8s.runtime.metrics import DETECTION_BUCKETS
 from nvsentinel.k8s.runtime.status import write_status
-from nvsentinel.policy.healthevent import HealthEvent, HealthEventStatus
+from nvsentinel.policy.evidence import age
+from nvsentinel.policy.healthevent import ConditionType, HealthEvent, HealthEventStatus, Phase
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ __all__ = ["ResolutionController", "ACTIONS"]
 ACTIONS = ("resolve", "uncordon", "remove-taint", "operator-uncordon", "cancel-node-gone", "cancel-rejected",
            "resolve-node-replaced", "resolve-node-deleted", "dry-run-resolve", "dry-run-uncordon",
            "dry-run-remove-taint", "dry-run-cancel-node-gone", "dry-run-cancel-rejected")
+#: The Resolved condition's reasons this stage writes: the `reason` of time_to_resolve_seconds, each declared at 0.
+RESOLVED_REASONS = ("HealthyEventReceived", "NodeTerminated", logic.NODE_REPLACED, logic.NODE_DELETED)
 
 
 class ResolutionController:
@@ -53,6 +57,11 @@ class ResolutionController:
     def setup(self, ctx: ControllerContext) -> None:
         cfg = self.config
         ctx.metrics.declare_actions(ACTIONS)
+        self._h_resolved = ctx.metrics.histogram(
+            "time_to_resolve_seconds", "Seconds from a fault's detection to its event's phase Resolved (once per "
+            "event), by the Resolved condition's reason", ["reason"], buckets=DETECTION_BUCKETS)
+        for reason in RESOLVED_REASONS:
+            self._h_resolved.labels(reason=reason)
         self._events = caches.healthevents(ctx, cfg.event_selector)
         self._nodes = caches.nodes(ctx, cfg.node_selector)
 
@@ -217,4 +226,9 @@ class ResolutionController:
     async def _write(self, event: HealthEvent, status: HealthEventStatus, ctx: ControllerContext, *,
                      action: str) -> bool:
         """Write the status; whether it was a new decision (counted and announced once)."""
-        return (await write_status(ctx, event, status, action=action)).decided
+        decided = (await write_status(ctx, event, status, action=action)).decided
+        if decided and event.status.phase is not Phase.RESOLVED and status.phase is Phase.RESOLVED:
+            cond = status.condition(ConditionType.RESOLVED)
+            self._h_resolved.labels(reason=cond.reason if cond else "").observe(
+                max(age(event, ctx.now(), self.config.skew).total_seconds(), 0.0))
+        return decided

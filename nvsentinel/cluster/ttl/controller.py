@@ -17,6 +17,7 @@ from nvsentinel.k8s.resources import CONFIGMAPS, HEALTHEVENTS
 from nvsentinel.k8s.runtime.controller import ControllerContext, Result
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.policy import ttl as pol
+from nvsentinel.policy.healthevent import Phase
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ __all__ = ["TTLController", "ACTIONS", "KEY"]
 
 ACTIONS = ("delete", "dry-run-delete")
 KEY = "cleanup"
+_PHASES = frozenset(str(p) for p in Phase)
 
 
 class TTLController:
@@ -37,6 +39,7 @@ class TTLController:
         self._policy_rv: str | None = None          # ConfigMap version the policy was last read from
         self._open_over: tuple[str, ...] = ()       # last warning about open events over a bound
         self._dry_run_seen: set[str] = set()        # dry-run counts each event once, not every pass
+        self._phases: dict[str, str] = {}           # event → its phase, as counted in healthevents{phase}
         self._events: Informer
         self._configmaps: Informer
 
@@ -44,12 +47,17 @@ class TTLController:
         cfg = self.config
         ctx.metrics.declare_actions(ACTIONS)
         self._g_events = ctx.metrics.gauge("events_total", "HealthEvents in the TTL controller's cache")
+        self._g_phases = ctx.metrics.gauge("healthevents", "HealthEvents in the TTL controller's cache, by phase",
+                                           ["phase"])
+        for phase in Phase:
+            self._g_phases.labels(phase=str(phase)).set(0)
         self._events = caches.healthevents(ctx, cfg.event_selector, by_node=False)
         self._configmaps = ctx.informer(CONFIGMAPS, namespace=ctx.namespace,
                                         field_selector=f"metadata.name={cfg.policy_configmap}")
 
         def on_event(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             self._g_events.set(len(self._events))
+            self._count_phase(etype, obj)
 
         def on_policy(etype: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
             if etype != "SYNC":
@@ -58,6 +66,19 @@ class TTLController:
         self._events.add_handler(on_event)
         self._configmaps.add_handler(on_policy)
         ctx.queue.add(KEY)  # the first pass, as soon as this replica leads
+
+    def _count_phase(self, etype: str, obj: dict[str, Any]) -> None:
+        """Keep healthevents{phase} in step with the cache, one change at a time (no pass over the cache)."""
+        name = obj["metadata"]["name"]
+        was = self._phases.pop(name, None)
+        if was is not None:
+            self._g_phases.labels(phase=was).dec()
+        if etype == "DELETED":
+            return
+        phase = str((obj.get("status") or {}).get("phase") or Phase.NEW)
+        if phase in _PHASES:
+            self._phases[name] = phase
+            self._g_phases.labels(phase=phase).inc()
 
     async def reconcile(self, key: str, ctx: ControllerContext) -> Result | None:
         if key != KEY:

@@ -1,8 +1,9 @@
 """Prometheus metrics per controller: `nvsentinel_<controller>_controller_*`, all updated.
 
 actions_total{action}, failures_total{reason}, latency_seconds (each reconcile), queue_depth,
-plus gauges a controller asks for (`gauge(name, doc)`). One registry per Manager, so tests and
-several managers in one process do not collide.
+plus the gauges, counters and histograms a controller asks for (`gauge`, `counter`, `histogram`: one
+per name, however often asked). One registry per Manager, so tests and several managers in one process
+do not collide.
 """
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ if TYPE_CHECKING:
     from nvsentinel.k8s import AsyncKube
     from nvsentinel.k8s.runtime.recorder import EventRecorder
 
-__all__ = ["ControllerMetrics", "ManagerMetrics", "register_kube_collector"]
+__all__ = ["ControllerMetrics", "ManagerMetrics", "register_kube_collector", "DETECTION_BUCKETS"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds from a fault's detection to a stage's decision: a cordon in about a second, a drain behind a
+#: PodDisruptionBudget or a fault that waits a day for its healthy event.
+DETECTION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
+                     43200.0, 86400.0)
 
 
 class ControllerMetrics:
@@ -35,6 +40,8 @@ class ControllerMetrics:
         self.reconciles = Counter(f"{self.prefix}_reconciles_total", "Reconciles run", registry=registry)
         self.queue_depth = Gauge(f"{self.prefix}_queue_depth", "Keys waiting in the work queue", registry=registry)
         self._gauges: dict[str, Gauge] = {}
+        self._counters: dict[str, Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
 
     def declare_actions(self, actions: Sequence[str]) -> None:
         """Every value of actions_total{action}, at 0, so dashboards see each before it first happens."""
@@ -45,6 +52,19 @@ class ControllerMetrics:
         if name not in self._gauges:
             self._gauges[name] = Gauge(f"{self.prefix}_{name}", doc, list(labels), registry=self.registry)
         return self._gauges[name]
+
+    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        """`<prefix>_<name>_total` (`name` without the suffix)."""
+        if name not in self._counters:
+            self._counters[name] = Counter(f"{self.prefix}_{name}", doc, list(labels), registry=self.registry)
+        return self._counters[name]
+
+    def histogram(self, name: str, doc: str, labels: Sequence[str] = (),
+                  buckets: Sequence[float] = _LATENCY_BUCKETS) -> Histogram:
+        if name not in self._histograms:
+            self._histograms[name] = Histogram(f"{self.prefix}_{name}", doc, list(labels), buckets=tuple(buckets),
+                                               registry=self.registry)
+        return self._histograms[name]
 
 
 class ManagerMetrics:
