@@ -44,7 +44,8 @@ class Monitor:
             self.proc = subprocess.Popen(
                 [*prefix, *CLI, "kmsg-monitor", "--metrics-port", str(self.metrics_port), *flags],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                # faulthandler: a SIGABRT (sent when it will not stop) writes every thread's stack to the log
+                env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1"),
             )
         except BaseException:
             self._log.close()
@@ -83,13 +84,21 @@ class Monitor:
         raise AssertionError("no VmHWM")
 
     def stop(self) -> int:
+        """SIGTERM, and its exit status. One that does not stop within DEADLINE (a busy machine can take seconds)
+        is made to dump its threads' stacks (SIGABRT) and the test fails showing them."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(DEADLINE)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(15)
+                raise AssertionError(f"kmsg-monitor ignored SIGTERM for {DEADLINE:g} s; its log ends:\n"
+                                     f"{self.log()[-6000:]}") from None
         return self.proc.returncode
 
     def kill(self) -> None:
