@@ -8,9 +8,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
+
+import anyio
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +118,39 @@ class ThreadedHttp:
             self._thread.join(10)
         if not self._thread.is_alive() and not self._loop.is_closed():
             self._loop.close()
+
+
+async def serve_until_signalled(name: str, run: Callable[[], Any], stop: Callable[[], None], *, bind_address: str,
+                                health_port: int, metrics_port: int, ready: Callable[[], bool],
+                                registry: Any, kv: dict[str, Any]) -> None:
+    """A long-running async service's life: probes and /metrics up, one `<name> started` line (with the ports
+    bound), `run()` until it returns or SIGTERM/SIGINT asks `stop()`, endpoints down, `<name> stopped`."""
+    def _metrics() -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+
+    endpoints = []
+    if health_port:
+        endpoints.append(HttpEndpoint(bind_address, health_port, probe_routes(ready)))
+    if metrics_port:
+        endpoints.append(HttpEndpoint(bind_address, metrics_port, {"/metrics": _metrics}))
+    for ep in endpoints:
+        await ep.start()
+    logger.info(f"{name} started", extra={"kv": {
+        **kv, "health_port": endpoints[0].port if health_port else 0,
+        "metrics_port": endpoints[-1].port if metrics_port else 0}})
+    try:
+        async with anyio.create_task_group() as tg:
+            async def _signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for signum in sigs:
+                        logger.info("signal received; shutting down", extra={"kv": {"signal": signum}})
+                        stop()
+                        return
+
+            tg.start_soon(_signals)
+            await run()
+            tg.cancel_scope.cancel()
+    finally:
+        for ep in endpoints:
+            await ep.stop()
+    logger.info(f"{name} stopped")

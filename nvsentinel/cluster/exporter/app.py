@@ -9,12 +9,10 @@ each watch event queues what it adds. Health: /healthz and /livez 200 while the 
 from __future__ import annotations
 
 import logging
-import signal
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.exporter.checkpoint import CheckpointStore
 from nvsentinel.cluster.exporter.config import ExporterSettings
@@ -26,7 +24,7 @@ from nvsentinel.k8s.resources import HEALTHEVENTS
 from nvsentinel.k8s.runtime.informer import Informer
 from nvsentinel.k8s.runtime.leader import LeaderElectionConfig, LeaderElector, default_identity
 from nvsentinel.policy.healthevent import HealthEvent, Phase
-from nvsentinel.service.http import HttpEndpoint, probe_routes
+from nvsentinel.service.http import serve_until_signalled
 
 logger = logging.getLogger(__name__)
 
@@ -189,38 +187,13 @@ async def run(settings: ExporterSettings, kube: Kube) -> int:
     sender = Sender(settings.sink, settings.cluster_name, connections=settings.concurrency, timeout=settings.timeout,
                     ca_file=settings.ca_file)
     exporter = Exporter(settings, AsyncKube(kube), sender)
-
-    def _metrics() -> tuple[int, str, bytes]:
-        return 200, CONTENT_TYPE_LATEST, generate_latest(exporter.registry)
-
-    endpoints = []
-    if settings.health_port:
-        endpoints.append(HttpEndpoint(settings.bind_address, settings.health_port,
-                                      probe_routes(lambda: exporter.ready)))
-    if settings.metrics_port:
-        endpoints.append(HttpEndpoint(settings.bind_address, settings.metrics_port, {"/metrics": _metrics}))
-    for ep in endpoints:
-        await ep.start()
-    logger.info("exporter started", extra={"kv": {
-        "sink": settings.sink, "cluster": settings.cluster_name, "namespace": settings.namespace,
-        "leader_elect": settings.leader_elect, "concurrency": settings.concurrency, "server": kube.host,
-        "health_port": endpoints[0].port if settings.health_port else 0,
-        "metrics_port": endpoints[-1].port if settings.metrics_port else 0}})
     try:
-        async with anyio.create_task_group() as tg:
-            async def _signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-                    async for signum in sigs:
-                        logger.info("signal received; shutting down", extra={"kv": {"signal": signum}})
-                        exporter.stop()
-                        return
-
-            tg.start_soon(_signals)
-            await exporter.run()
-            tg.cancel_scope.cancel()
+        await serve_until_signalled(
+            "exporter", exporter.run, exporter.stop, bind_address=settings.bind_address,
+            health_port=settings.health_port, metrics_port=settings.metrics_port, ready=lambda: exporter.ready,
+            registry=exporter.registry, kv={
+                "sink": settings.sink, "cluster": settings.cluster_name, "namespace": settings.namespace,
+                "leader_elect": settings.leader_elect, "concurrency": settings.concurrency, "server": kube.host})
     finally:
-        for ep in endpoints:
-            await ep.stop()
         sender.close()
-    logger.info("exporter stopped")
     return 0
