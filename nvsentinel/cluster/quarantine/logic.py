@@ -129,15 +129,15 @@ def recommendation_entry(event: HealthEvent) -> dict[str, Any]:
 
 
 def _recommendation(node: Mapping[str, Any], mode: str, entry: Mapping[str, Any] | None) -> str | None:
-    """The recommendation annotation with `entry` in it; None when it already holds it."""
+    """The recommendation annotation with `entry` in it; None when it already holds it (or there is none to add)."""
+    if entry is None:
+        return None
     text = ((node.get("metadata") or {}).get("annotations") or {}).get(RECOMMENDATION_ANNOTATION) or ""
     try:
         current = json.loads(text) if text else {}
         entries = [e for e in current.get("events") or [] if isinstance(e, dict)]
     except (ValueError, AttributeError):
         current, entries = {}, []
-    if entry is None:
-        return None
     if any(e.get("healthEvent") == entry["healthEvent"] for e in entries) and current.get("mode") == mode:
         return None
     entries = [e for e in entries if e.get("healthEvent") != entry["healthEvent"]] + [dict(entry)]
