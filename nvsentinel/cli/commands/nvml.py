@@ -71,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inject.add_argument(
         "--control",
         metavar="PATH",
-        help=f"control file (default: ${fake_nvml.CONTROL_ENV}, else {fake_nvml.default_control_path()})",
+        # named, not computed: finding the temp directory probes it, and --help or --version must work on a
+        # read-only root with no /tmp
+        help=f"control file (default: ${fake_nvml.CONTROL_ENV}, else <temp dir>/nvsentinel-fake-nvml-<uid>.ctl)",
     )
     inject.set_defaults(func=_inject)
 
