@@ -26,11 +26,13 @@ from setuptools.dist import Distribution
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO_ROOT = HERE / "protos"
 PROTO_OUT = HERE / "nvsentinel" / "_proto"
-#: proto file → the flat module stem it is generated as in nvsentinel._proto (the kubelet's file is
-#: api.proto: "api_pb2" says nothing, so it becomes podresources_pb2; its wire package stays v1).
+#: proto file → the flat module stem it is generated as in nvsentinel._proto (the kubelet's files are
+#: api.proto: "api_pb2" says nothing, so they become podresources_pb2 and deviceplugin_pb2; their wire
+#: packages stay v1 and v1beta1). The device-plugin API serves only the test fake (devtools.deviceplugin).
 PROTOS = {
     "nvidia/device/v1alpha1/gpu.proto": "gpu",
     "k8s/podresources/v1/api.proto": "podresources",
+    "k8s/deviceplugin/v1beta1/api.proto": "deviceplugin",
 }
 MIN_CYTHON = (3, 1)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's
-# `kubernetes` source package, once, into a cache outside the repository.
+# Build kube-apiserver and kube-controller-manager v1.20.2 (and, with --kubelet, the kubelet) from
+# Debian bookworm's `kubernetes` source package, once, into a cache outside the repository.
 #
 # Why from source: no Docker and no release downloads on these machines; Debian's
 # source tarball carries the full tree with vendor/, so `go build` runs offline.
@@ -8,22 +8,36 @@
 # request, so it is replaced with Debian's reflect2 1.0.2 before building.
 #
 # Usage: tools/build-kube.sh            # prints the bin directory on success
+#        tools/build-kube.sh --kubelet  # the same, plus the kubelet and what a real node needs
+#                                       # (containerd, runc, CNI plugins; tests/k8s/realnode.sh)
+#        Builds only the binaries that are missing or report another version.
 # Env:   NVSENTINEL_KUBE_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/nvsentinel-kube)
 #        NVSENTINEL_KUBE_NO_APT=1 skips apt-get install (packages must already be there)
 set -euo pipefail
 
 VERSION_DEB="1.20.5+really1.20.2-1.1+deb12u1"
 WANT="Kubernetes v1.20.2"
+WITH_KUBELET=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --kubelet) WITH_KUBELET=1; shift ;;
+    *) echo "build-kube: ERROR: unknown argument: $1 (usage: build-kube.sh [--kubelet])" >&2; exit 2 ;;
+  esac
+done
 CACHE="${NVSENTINEL_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nvsentinel-kube}"
 BIN="$CACHE/bin"
 
 log() { echo "build-kube: $*" >&2; }
 die() { echo "build-kube: ERROR: $*" >&2; exit 1; }
 
-have_binaries() {
-  [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]] || return 1
-  [[ "$("$BIN/kube-apiserver" --version 2>&1)" == "$WANT" ]] || return 1
-  [[ "$("$BIN/kube-controller-manager" --version 2>&1)" == "$WANT" ]] || return 1
+WANTED=(kube-apiserver kube-controller-manager)
+[[ $WITH_KUBELET == 1 ]] && WANTED+=(kubelet)
+
+have_binary() { [[ -x "$BIN/$1" && "$("$BIN/$1" --version 2>&1)" == "$WANT" ]]; }
+
+missing_binaries() {
+  local b
+  for b in "${WANTED[@]}"; do have_binary "$b" || echo "$b"; done
 }
 
 install_packages() {
@@ -34,6 +48,12 @@ install_packages() {
   command -v dpkg-source >/dev/null || need+=(dpkg-dev)
   command -v openssl >/dev/null || need+=(openssl)
   command -v curl >/dev/null || need+=(curl)
+  if [[ $WITH_KUBELET == 1 ]]; then
+    command -v containerd >/dev/null || need+=(containerd)
+    command -v runc >/dev/null || need+=(runc)
+    [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] ||
+      need+=(containernetworking-plugins)
+  fi
   [[ ${#need[@]} -eq 0 ]] && return 0
   [[ "${NVSENTINEL_KUBE_NO_APT:-}" == 1 ]] && die "missing packages: ${need[*]} (NVSENTINEL_KUBE_NO_APT=1)"
   log "installing ${need[*]}"
@@ -43,7 +63,8 @@ install_packages() {
 }
 
 install_packages
-if have_binaries; then
+mapfile -t MISSING < <(missing_binaries)
+if [[ ${#MISSING[@]} -eq 0 ]]; then
   echo "$BIN"; exit 0
 fi
 
@@ -51,7 +72,7 @@ command -v go >/dev/null || die "go not found"
 mkdir -p "$CACHE"
 WORK="$(mktemp -d "$CACHE/build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
-log "building in $WORK (about 7 minutes on 2 cores)"
+log "building ${MISSING[*]} in $WORK (about 3-5 minutes each on 2 cores)"
 
 # A private apt state so the system's apt configuration stays untouched.
 APT="$WORK/apt"
@@ -84,13 +105,16 @@ rm -f "$SRC_DIR/vendor/github.com/modern-go/reflect2/go.mod"
 
 cd "$SRC_DIR"
 export GOPROXY=off GOFLAGS=-mod=vendor GOCACHE="$WORK/gocache" GOPATH="$WORK/gopath"
-for what in kube-apiserver kube-controller-manager; do
+for what in "${MISSING[@]}"; do
   log "make WHAT=cmd/$what"
   make WHAT="cmd/$what" >&2
 done
-mkdir -p "$BIN.new"
-cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$BIN.new/"
-rm -rf "$BIN"; mv "$BIN.new" "$BIN"
-have_binaries || die "built binaries do not report '$WANT'"
+mkdir -p "$BIN"
+for what in "${MISSING[@]}"; do  # one rename per binary: a reader never sees a half-written file
+  cp "_output/bin/$what" "$BIN/.$what.new"
+  mv -f "$BIN/.$what.new" "$BIN/$what"
+done
+mapfile -t MISSING < <(missing_binaries)
+[[ ${#MISSING[@]} -eq 0 ]] || die "built binaries do not report '$WANT': ${MISSING[*]}"
 log "done: $("$BIN/kube-apiserver" --version)"
 echo "$BIN"

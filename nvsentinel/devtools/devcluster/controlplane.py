@@ -126,8 +126,12 @@ class ControlPlane:
 
     TOKEN = "nvsentinel-test-admin-token"  # loopback only, a throwaway cluster
 
+    #: kube-controller-manager's --controllers by default: what the stages rely on (PDB status, owner
+    #: references, namespace deletion); a real kubelet's tests add "job"
+    CONTROLLERS = ("disruption", "garbagecollector", "namespace")
+
     def __init__(self, *, controller_manager: bool = True, apiserver_args: tuple[str, ...] = (),
-                 progress: Progress | None = None) -> None:
+                 controllers: tuple[str, ...] = CONTROLLERS, progress: Progress | None = None) -> None:
         self.bin = kube_bin_dir(progress=progress)
         self.dir = Path(tempfile.mkdtemp(prefix="nvsentinel-kube-"))
         self.etcd_port, self.peer_port, self.port = free_port(), free_port(), free_port()
@@ -136,6 +140,7 @@ class ControlPlane:
         self.ca_file = str(self.dir / "certs" / "apiserver.crt")
         self.with_controller_manager = controller_manager
         self.apiserver_args = apiserver_args
+        self.controllers = controllers
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -263,7 +268,7 @@ class ControlPlane:
     def _start_controller_manager(self) -> None:
         self._spawn("kube-controller-manager", [
             str(self.bin / "kube-controller-manager"), "--kubeconfig", self.kubeconfig,
-            "--controllers=disruption,garbagecollector,namespace", "--leader-elect=false",
+            f"--controllers={','.join(self.controllers)}", "--leader-elect=false",
             "--port=0", "--secure-port=0",
         ])
 
