@@ -11,7 +11,7 @@ import os
 from nvsentinel.cluster.registry import STAGE_NAMES
 from nvsentinel.k8s.kube import FLOW_CONTROL_MODES, FlowControl
 from nvsentinel.k8s.runtime.leader import DEFAULT_LEASE_NAME
-from nvsentinel.service.settings import check_logging, setting
+from nvsentinel.service.settings import check_lease_timing, check_logging, check_ports, setting
 
 ENV_PREFIX = "CONTROLLERS_"
 #: Controllers this build knows, in chain order (the stage registry's).
@@ -68,9 +68,8 @@ class ControllersSettings:
             raise ValueError("--policy-configmap must not be empty")
         if not 1 <= self.workers <= 256:
             raise ValueError(f"--workers must be 1..256, got {self.workers}")
-        if self.leader_elect and not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("need 0 < --retry-period < --renew-deadline < --lease-duration, got "
-                             f"{self.retry_period}, {self.renew_deadline}, {self.lease_duration}")
+        if self.leader_elect:
+            check_lease_timing(self.retry_period, self.renew_deadline, self.lease_duration)
         if self.kube_qps < 0 or self.kube_burst < 1 or self.kube_max_qps < 0:
             raise ValueError("--kube-qps and --kube-max-qps must be >= 0 and --kube-burst >= 1")
         if self.kube_flow_control not in FLOW_CONTROL_MODES:
@@ -78,10 +77,7 @@ class ControllersSettings:
                              f"got {self.kube_flow_control!r}")
         if self.resync_period < 1:
             raise ValueError(f"--resync-period must be >= 1 second, got {self.resync_period}")
-        for name in ("health_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        check_ports(health_port=self.health_port, metrics_port=self.metrics_port)
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown-timeout must be >= 0")
         check_logging(self.log_format, self.log_level)

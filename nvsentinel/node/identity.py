@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from nvsentinel.service.settings import check_logging
+from nvsentinel.service.settings import check_logging, check_ports
 
 __all__ = ["check_node_name", "check_node_daemon"]
 
@@ -18,9 +18,7 @@ def check_node_name(name: str) -> None:
 
 def check_node_daemon(health_port: int, metrics_port: int, node_name: str, log_format: str, log_level: str) -> None:
     """The settings every node daemon with Kubernetes access shares (publisher, remediation agent)."""
-    for flag, port in (("--health-port", health_port), ("--metrics-port", metrics_port)):
-        if not 0 <= port <= 65535:
-            raise ValueError(f"{flag} must be 0..65535, got {port}")
+    check_ports(health_port=health_port, metrics_port=metrics_port)
     if health_port and health_port == metrics_port:
         raise ValueError("--health-port and --metrics-port must differ")
     if node_name:

@@ -191,6 +191,22 @@ def check_range(flag: str, value: float, low: float, high: float, unit: str = ""
         raise ValueError(f"{flag} must be between {num(low)} and {num(high)}{unit}, got {num(value)}")
 
 
+def check_ports(**ports: int) -> None:
+    """The probe and metrics ports every daemon takes, by setting name (`health_port=...`): 0..65535, 0 = a free
+    one (ValueError naming the flag)."""
+    for name, port in ports.items():
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+
+
+def check_lease_timing(retry_period: float, renew_deadline: float, lease_duration: float) -> None:
+    """Leader election's order (client-go's): a leader retries before its renewal deadline, which ends before
+    another candidate may take the Lease."""
+    if not 0 < retry_period < renew_deadline < lease_duration:
+        raise ValueError("need 0 < --retry-period < --renew-deadline < --lease-duration, got "
+                         f"{retry_period}, {renew_deadline}, {lease_duration}")
+
+
 def check_logging(log_format: str, log_level: str) -> None:
     """The `--log-format` / `--log-level` check every daemon's settings share (ValueError naming the flag)."""
     if log_format not in ("plain", "full", "json"):

@@ -62,3 +62,13 @@ def helm() -> Iterator[Helm]:
         yield h
     finally:
         shutil.rmtree(h.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """The project's image (tools/build-image.sh, podman; from cache when the sources are unchanged)."""
+    from cluster import kube_cache_dir
+    from podman import build_image, remove_leftovers
+
+    remove_leftovers()
+    return build_image(kube_cache_dir().parent / "nvsentinel-image" / "build.log")

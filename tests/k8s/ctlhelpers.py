@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -12,9 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.quarantine.logic import ANNOTATION
-from nvsentinel.devtools.devcluster.kubelet import delete_nodes
+from nvsentinel.devtools.devcluster.kubelet import delete_nodes, finish_deletions
 from nvsentinel.k8s import AsyncKube, Kube, KubeNotFound
-from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES
+from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES, PODS
 from nvsentinel.k8s.runtime.manager import Manager
 
 
@@ -95,3 +96,28 @@ def env_fixture(make: Callable[[Any, str], Any]) -> Any:
         finally:
             e.close()
     return env
+
+
+class DeletionFinisher:
+    """The kubelet stand-in of a stage test's namespace: completes the pod deletions evictions start, in the
+    background (every 0.2 s), as a kubelet would; `stop()` ends it and removes the pods left at once."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"finish-{namespace}")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            with contextlib.suppress(Exception):  # a transient API error: the next round retries
+                finish_deletions(self.kube, self.namespace)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        items, _ = self.kube.list(PODS, self.namespace)
+        for p in items:
+            with contextlib.suppress(KubeNotFound):
+                self.kube.delete(PODS, p["metadata"]["name"], self.namespace, grace_period_seconds=0)

@@ -7,22 +7,21 @@ the deletions evictions start (`finish_deletions`), as the kubelet would.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from ctlhelpers import action_count, clean_up, env_fixture, eventually, phase, running_manager
-from kubelet import finish_deletions, make_node, run_pod
+from ctlhelpers import DeletionFinisher, action_count, clean_up, env_fixture, eventually, phase, running_manager
+from kubelet import make_node, run_pod
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.drain.config import DrainConfig
 from nvsentinel.cluster.drain.controller import DrainController
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.quarantine.controller import QuarantineController
-from nvsentinel.k8s import Kube, KubeNotFound
+from nvsentinel.k8s import Kube
 from nvsentinel.k8s.resources import EVENTS, HEALTHEVENTS, NAMESPACES, PDBS_V1BETA1, PODS, Resource
 from nvsentinel.policy.healthevent import HealthEvent, HealthEventSpec, OverrideFlags, Overrides, utcnow
 
@@ -43,14 +42,7 @@ class Env:
         self.events: list[str] = []
         self.kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}})
         make_node(self.kube, self.node, labels={LABEL: unique})
-        self._stop = threading.Event()
-        self._kubelet = threading.Thread(target=self._finish_loop, daemon=True)
-        self._kubelet.start()
-
-    def _finish_loop(self) -> None:
-        while not self._stop.wait(0.2):
-            with contextlib.suppress(Exception):
-                finish_deletions(self.kube, self.ns)
+        self.kubelet = DeletionFinisher(self.kube, self.ns)
 
     def selector(self) -> str:
         return f"{LABEL}={self.unique}"
@@ -92,12 +84,7 @@ class Env:
         return {p["metadata"]["name"] for p in items}
 
     def close(self) -> None:
-        self._stop.set()
-        self._kubelet.join(5)
-        items, _ = self.kube.list(PODS, self.ns)
-        for p in items:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(PODS, p["metadata"]["name"], self.ns, grace_period_seconds=0)
+        self.kubelet.stop()
         clean_up(self.kube, events=self.events, nodes=[self.node], namespace=self.ns)
         self.kube.close()
 

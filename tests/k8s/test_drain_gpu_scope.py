@@ -9,20 +9,19 @@ capacity and allocatable) as the kubelet would.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from ctlhelpers import action_count, clean_up, condition, eventually, phase, running_manager
-from kubelet import finish_deletions, make_node, run_pod
+from ctlhelpers import DeletionFinisher, action_count, clean_up, condition, eventually, phase, running_manager
+from kubelet import make_node, run_pod
 from prometheus_client import CollectorRegistry
 
 from nvsentinel.cluster.drain.config import DrainConfig
 from nvsentinel.cluster.drain.controller import DrainController
 from nvsentinel.cluster.quarantine.config import QuarantineConfig
 from nvsentinel.cluster.quarantine.controller import QuarantineController
-from nvsentinel.k8s import Kube, KubeNotFound
+from nvsentinel.k8s import Kube
 from nvsentinel.k8s.resources import HEALTHEVENTS, NAMESPACES, NODES, PDBS_V1BETA1, PODS
 from nvsentinel.policy.healthevent import ENTITY_GPU, Entity, HealthEvent, HealthEventSpec, PodMapping, PodRef, utcnow
 from nvsentinel.xid import Action
@@ -57,14 +56,7 @@ class Env:
                                     "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}},
                              self.ns)
             run_pod(self.kube, self.ns, name)
-        self._stop = threading.Event()
-        self._kubelet = threading.Thread(target=self._finish_loop, daemon=True)
-        self._kubelet.start()
-
-    def _finish_loop(self) -> None:
-        while not self._stop.wait(0.2):
-            with contextlib.suppress(Exception):
-                finish_deletions(self.kube, self.ns)
+        self.kubelet = DeletionFinisher(self.kube, self.ns)
 
     def selector(self) -> str:
         return f"{LABEL}={self.unique}"
@@ -102,12 +94,7 @@ class Env:
                          self.ns)
 
     def close(self) -> None:
-        self._stop.set()
-        self._kubelet.join(5)
-        items, _ = self.kube.list(PODS, self.ns)
-        for p in items:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(PODS, p["metadata"]["name"], self.ns, grace_period_seconds=0)
+        self.kubelet.stop()
         clean_up(self.kube, events=self.events, nodes=[self.node, self.other], namespace=self.ns)
         self.kube.close()
 

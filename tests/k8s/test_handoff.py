@@ -13,14 +13,13 @@ import getpass
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
-from ctlhelpers import clean_up, condition, env_fixture, eventually, ownership, phase, running_manager
-from kubelet import finish_deletions, finish_job, make_node, run_pod
+from ctlhelpers import DeletionFinisher, clean_up, condition, env_fixture, eventually, ownership, phase, running_manager
+from kubelet import finish_job, make_node, run_pod
 
 from nvsentinel.cluster.drain.config import DrainConfig
 from nvsentinel.cluster.drain.controller import DrainController
@@ -59,14 +58,7 @@ class Env:
         self.events: list[str] = []
         with contextlib.suppress(AlreadyExists):
             self.kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}})
-        self._stop = threading.Event()
-        self._kubelet = threading.Thread(target=self._finish_loop, daemon=True)
-        self._kubelet.start()
-
-    def _finish_loop(self) -> None:
-        while not self._stop.wait(0.2):
-            with contextlib.suppress(Exception):
-                finish_deletions(self.kube, self.ns)
+        self.kubelet = DeletionFinisher(self.kube, self.ns)
 
     @property
     def selector(self) -> str:
@@ -131,12 +123,7 @@ class Env:
         return json.loads(out.stdout)
 
     def close(self) -> None:
-        self._stop.set()
-        self._kubelet.join(5)
-        items, _ = self.kube.list(PODS, self.ns)
-        for p in items:
-            with contextlib.suppress(KubeNotFound):
-                self.kube.delete(PODS, p["metadata"]["name"], self.ns, grace_period_seconds=0)
+        self.kubelet.stop()
         clean_up(self.kube, events=self.events, nodes=self.nodes, namespace=self.ns)
         self.kube.close()
 

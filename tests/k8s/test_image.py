@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import ControlPlane, free_port, kube_cache_dir
+from cluster import ControlPlane, free_port
 from ctlhelpers import clean_up
 from kubelet import make_node
 from podman import (
-    ChartContainer, ProcessState, Unsupported, build_image, expected_process, inspect_image, podman,
-    remove_leftovers, security_flags,
+    ChartContainer, ProcessState, Unsupported, expected_process, inspect_image, podman, security_flags,
 )
 from procs import http_get, wait_until
 
@@ -43,12 +42,6 @@ TAINT = "nvsentinel.nvidia.com/quarantine"
 #: the image's own budget (docs/operations.md): on the local Debian base it measured 276 MB in 2 layers
 MAX_IMAGE_BYTES = 350_000_000
 MAX_LAYERS = 3
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    remove_leftovers()
-    return build_image(kube_cache_dir().parent / "nvsentinel-image" / "build.log")
 
 
 @pytest.fixture(scope="module")

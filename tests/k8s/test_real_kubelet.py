@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import ControlPlane, kube_cache_dir
+from cluster import ControlPlane
 from ctlhelpers import clean_up, condition, eventually, phase, running_manager
-from podman import build_image
 from realnode import RealNode
 
 from nvsentinel.cluster.drain.config import DrainConfig
@@ -51,11 +50,6 @@ GPU_A = "GPU-0000000a-0000-4000-8000-00000000000a"
 GPU_B = "GPU-0000000b-0000-4000-8000-00000000000b"
 #: seconds: generous, the node shares two cores with the control plane (and, in CI, with CPU hogs)
 WAIT = 120.0
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    return build_image(kube_cache_dir().parent / "nvsentinel-image" / "build.log")
 
 
 @pytest.fixture(scope="module")

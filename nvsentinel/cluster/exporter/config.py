@@ -5,7 +5,7 @@ import dataclasses
 import os
 import urllib.parse
 
-from nvsentinel.service.settings import check_logging, setting
+from nvsentinel.service.settings import check_lease_timing, check_logging, check_ports, setting
 
 ENV_PREFIX = "EXPORTER_"
 DEFAULT_LEASE = "nvsentinel-exporter"
@@ -75,13 +75,9 @@ class ExporterSettings:
             raise ValueError(f"--poison-retries must be 0..100, got {self.poison_retries}")
         if not 0 < self.timeout <= 600:
             raise ValueError(f"--timeout must be in (0, 600] seconds, got {self.timeout}")
-        if self.leader_elect and not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("need 0 < --retry-period < --renew-deadline < --lease-duration, got "
-                             f"{self.retry_period}, {self.renew_deadline}, {self.lease_duration}")
+        if self.leader_elect:
+            check_lease_timing(self.retry_period, self.renew_deadline, self.lease_duration)
         if self.resync_period < 1:
             raise ValueError(f"--resync-period must be >= 1 second, got {self.resync_period}")
-        for name in ("health_port", "metrics_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ValueError(f"--{name.replace('_', '-')} must be 0..65535, got {port}")
+        check_ports(health_port=self.health_port, metrics_port=self.metrics_port)
         check_logging(self.log_format, self.log_level)

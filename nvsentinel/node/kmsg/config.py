@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Final
 
-from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, setting
+from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, check_ports, setting
 
 ENV_PREFIX = "KMSG_MONITOR_"
 DEFAULT_SOURCE = "/dev/kmsg"
@@ -75,8 +75,7 @@ class KmsgMonitorSettings:
         if not MIN_MAX_LINE_BYTES <= self.max_line_bytes <= MAX_MAX_LINE_BYTES:
             raise ValueError(f"--max-line-bytes must be {MIN_MAX_LINE_BYTES}..{MAX_MAX_LINE_BYTES}, "
                              f"got {self.max_line_bytes}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
+        check_ports(metrics_port=self.metrics_port)
         check_logging(self.log_format, self.log_level)
         for xid in self.ignored_xids:
             if not 0 < xid < 1 << 16:

@@ -7,7 +7,7 @@ import socket
 from nvsentinel.node.nvml_settings import (
     DEFAULT_HEALTH_POLL_INTERVAL, DEFAULT_NVML_CALL_TIMEOUT, DEFAULT_RESET_COMMAND, check_nvml_settings,
 )
-from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, setting
+from nvsentinel.service.settings import XID_OVERRIDES_ENV, check_logging, check_ports, setting
 
 ENV_PREFIX = "NVML_PROVIDER_"
 DEFAULT_DRIVER_ROOT = "/run/nvidia/driver"
@@ -57,9 +57,7 @@ class NvmlProviderSettings:
     def validate(self) -> None:
         if not 1 <= self.wait_timeout_ms <= 600_000:
             raise ValueError(f"--wait-timeout-ms must be 1..600000, got {self.wait_timeout_ms}")
-        for flag, port in (("--health-port", self.health_port), ("--metrics-port", self.metrics_port)):
-            if not 0 <= port <= 65535:
-                raise ValueError(f"{flag} must be 0..65535, got {port}")
+        check_ports(health_port=self.health_port, metrics_port=self.metrics_port)
         check_logging(self.log_format, self.log_level)
         check_nvml_settings(self.nvml_ignored_xids, self.nvml_reset_command, fake=self.fake_nvml,
                             fake_topology=self.fake_nvml_topology, fake_control=self.fake_nvml_control,
