@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,11 +180,11 @@ def test_device_api_server_with_fake_nvml_answers_the_host(image: str, rendered:
     socket_dir = tmp_path / "sock"
     socket_dir.mkdir()
     field_env = {"NODE_NAME": f"img-node-{unique}"}
-    health = free_port()
+    health, metrics = free_port(), free_port()
     server = started(ChartContainer(
         image, node, "device-api-server", name=f"img-dapi-{unique}", field_env=field_env,
         volumes={"socket-dir": str(socket_dir)},
-        extra_args=[f"--health-port={health}", f"--metrics-port={free_port()}", "--http-bind-address=127.0.0.1"],
+        extra_args=[f"--health-port={health}", f"--metrics-port={metrics}", "--http-bind-address=127.0.0.1"],
     ), containers)
     wait_until(lambda: http_get(health, "/healthz")[0] == 200, timeout=90, what="device-api-server /healthz",
                daemons=[server])
@@ -194,16 +195,27 @@ def test_device_api_server_with_fake_nvml_answers_the_host(image: str, rendered:
                     "--fake-nvml", "--fake-nvml-control=/tmp/fake-nvml.ctl"],
     ), containers)
 
+    # ready: the provider has registered a GPU (before that, reads are UNAVAILABLE by design)
+    wait_until(lambda: http_get(health, "/readyz")[0] == 200, timeout=120, what="device-api-server /readyz",
+               daemons=[server, provider])
+    errors: list[str] = []
+
     def gpus() -> list[str]:
         # the host's CLI (the installed package, not the source tree: PYTHONSAFEPATH) through the socket
         out = subprocess.run([sys.executable, "-m", "nvsentinel", "get", "gpus", "--address",
                               f"unix://{socket_dir}/device.sock", "-o", "json"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"})
-        assert out.returncode == 0, out.stderr
+        if out.returncode != 0:
+            errors.append(f"{time.time():.1f} {out.stderr.strip()}")
+            return []
         return [item["metadata"]["name"] for item in json.loads(out.stdout)["items"]]
 
-    got = wait_until(lambda: len(gpus()) == 8 and gpus(), timeout=90, what="8 fake GPUs through the socket",
-                     daemons=[server, provider])
+    try:
+        got = wait_until(lambda: (lambda names: len(names) == 8 and names)(gpus()), timeout=120,
+                         what="8 fake GPUs through the socket", daemons=[server, provider])
+    except AssertionError as exc:  # say what the CLI saw and what the server refused, not only the last try
+        refused = [line for line in http_get(metrics, "/metrics")[1].splitlines() if "refused" in line]
+        raise AssertionError(f"{exc}\nCLI errors: {errors[:5]} ... {errors[-5:]}\nserver: {refused}") from None
     assert all(name.startswith("GPU-") for name in got), got
     assert all(name in provider.text() for name in got)  # the ones the provider found in the fake library
     for c in (server, provider):
