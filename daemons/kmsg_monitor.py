@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import signal
 
 from nvsentinel.node.kmsg.config import ENV_PREFIX, KmsgMonitorSettings, check_state_file_writable
-from nvsentinel.service.entrypoint import Entrypoint
+from nvsentinel.service.entrypoint import Entrypoint, on_stop_signal
 from nvsentinel.service.settings import add_arguments, load_settings
 
 logger = logging.getLogger(__name__)
@@ -71,11 +70,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel kmsg-monitor") -> int:
             "interval": settings.interval, "xid_overrides": settings.xid_overrides,
             "metrics_port": settings.metrics_port}})
 
-        def _stop(signum: int, _frame: object) -> None:
-            monitor.stop()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        on_stop_signal(monitor.stop)
         try:
             monitor.run()
         finally:

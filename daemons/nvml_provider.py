@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import signal
 
 from nvsentinel.node.nvml.config import ENV_PREFIX, NvmlProviderSettings
-from nvsentinel.service.entrypoint import Entrypoint
+from nvsentinel.service.entrypoint import Entrypoint, on_stop_signal
 from nvsentinel.service.settings import add_arguments, load_settings
 
 logger = logging.getLogger(__name__)
@@ -85,11 +84,7 @@ def run(args: argparse.Namespace, prog: str = "nvsentinel nvml-provider") -> int
             "nvml_call_timeout": settings.nvml_call_timeout, "xid_overrides": settings.xid_overrides,
             "ignored_xids": ",".join(map(str, settings.nvml_ignored_xids))}})
 
-        def _stop(signum: int, _frame: object) -> None:
-            provider.stop()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        on_stop_signal(provider.stop)
         provider.run()
         return 0
     finally:

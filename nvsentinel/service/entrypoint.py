@@ -11,19 +11,28 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 
-__all__ = ["Entrypoint", "stop_requested"]
+__all__ = ["Entrypoint", "on_stop_signal", "stop_requested"]
+
+
+def on_stop_signal(callback: Callable[[], None]) -> None:
+    """Run `callback` on SIGTERM or SIGINT (install on the main thread, before starting work).
+
+    Not in the handler itself: Python runs a handler on the main thread between two bytecodes, and that
+    can be inside `threading.Event.wait()`, holding the event's lock; `Event.set()` there would wait for
+    that lock forever (a kmsg monitor ignored SIGTERM that way). A thread of its own takes the lock as soon
+    as the main thread lets go of it."""
+    def _handler(signum: int, _frame: object) -> None:
+        threading.Thread(target=callback, name="stop-signal", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
 
 
 def stop_requested() -> threading.Event:
-    """An event that SIGTERM or SIGINT sets; the handlers are installed now (call on the main thread,
-    before starting work, so an early signal is not lost)."""
+    """An event that SIGTERM or SIGINT sets (`on_stop_signal`); call on the main thread, before starting
+    work, so an early signal is not lost."""
     done = threading.Event()
-
-    def _stop(signum: int, _frame: object) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    on_stop_signal(done.set)
     return done
 
 

@@ -825,7 +825,7 @@ class NvmlProvider:
             self.stop_health()
 
     def stop(self) -> None:
-        """Safe from a signal handler: only sets the event (the loops notice it)."""
+        """Safe from any thread: only sets the event (the loops notice it)."""
         self.stop_event.set()
 
     @property
